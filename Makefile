@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/lakd demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check lakd tests benchmarks

@@ -1,0 +1,3 @@
+from lakd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""The ``lakd`` command line: parse arguments, build a config, call one library function.
+
+Heavy imports (torch, open_clip) happen inside the commands, so ``lakd --help`` is instant.
+User-input problems surface as :class:`lakd.errors.LakdError` and are printed as one line
+(``error: ...``) with exit status 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lakd.errors import LakdError
+
+app = typer.Typer(
+    name="lakd",
+    help="Latent-alignment-aware knowledge distillation of CLIP: geometry diagnostics and distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate and export data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+) -> None:
+    """lakd: measure CLIP embedding geometry and distil CLIP teachers into small students."""
+
+
+# Options shared by every command that reads data (``--data`` accepts any data spec).
+ImageRoot = Annotated[
+    str | None, typer.Option("--image-root", help="Image folder for COCO JSON / CSV paths.")
+]
+Download = Annotated[
+    bool, typer.Option("--download", help="Allow torchvision data sets to download (tv:NAME).")
+]
+AllowOutsideRoot = Annotated[
+    bool,
+    typer.Option("--allow-outside-root", help="Accept image paths that leave the data folder."),
+]
+CsvImgKey = Annotated[str, typer.Option("--csv-img-key", help="CSV column with image paths.")]
+CsvCaptionKey = Annotated[str, typer.Option("--csv-caption-key", help="CSV column with captions.")]
+CsvSep = Annotated[
+    str | None, typer.Option("--csv-separator", help="CSV separator (default: detect tab or comma).")
+]
+
+
+def _source_options(image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep):
+    from lakd.data.base import SourceOptions
+
+    sep = {"\\t": "\t", "tab": "\t"}.get(csv_sep, csv_sep) if csv_sep else None
+    return SourceOptions(
+        image_root=image_root,
+        download=download,
+        allow_outside_root=allow_outside_root,
+        csv_img_key=csv_img_key,
+        csv_caption_key=csv_caption_key,
+        csv_sep=sep,
+    )
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (PNGs, captions.csv, scenes.jsonl).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 1000,
+    split: Annotated[str, typer.Option("--split", help="train, val, test or probes.")] = "train",
+    seed: Annotated[int, typer.Option("--seed", help="World seed.")] = 0,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Image side in pixels.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+) -> None:
+    """Export the procedural shapes world: PNGs plus captions.csv in open_clip's CSV convention."""
+    from lakd.data.shapes import export_shapes
+
+    path = export_shapes(out, split=split, n=n, seed=seed, image_size=image_size, overwrite=overwrite)
+    typer.echo(f"wrote {n} {split} scenes to {path} (captions.csv, scenes.jsonl, images/)")
+
+
+@app.command()
+def embed(
+    model: Annotated[str, typer.Option("--model", help="Model spec (ckpt.pt, open_clip:ARCH[@TAG], lakd:NAME, ...).")],
+    data: Annotated[str, typer.Option("--data", help="Data spec (shapes:val, a CSV, a folder, wds:..., tv:...).")],
+    out: Annotated[Path, typer.Option("--out", help="Embedding store folder to write.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Items per shard.")] = 10000,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32 or float16 on disk.")] = "float32",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    arch: Annotated[str | None, typer.Option("--arch", help="open_clip arch for a bare open_clip checkpoint.")] = None,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows (with a count) instead of failing.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
+    image_root: ImageRoot = None,
+    download: Download = False,
+    allow_outside_root: AllowOutsideRoot = False,
+    csv_img_key: CsvImgKey = "filepath",
+    csv_caption_key: CsvCaptionKey = "title",
+    csv_sep: CsvSep = None,
+) -> None:
+    """Write raw image and text embeddings of a data set to an embedding store (resumable)."""
+    from lakd.embed import EmbedConfig
+    from lakd.embed import embed as run_embed
+
+    cfg = EmbedConfig(
+        model=model,
+        data=data,
+        out=str(out),
+        batch_size=batch_size,
+        device=device,
+        shard_size=shard_size,
+        dtype=dtype,
+        num_workers=workers,
+        allow_nonfinite=allow_nonfinite,
+        overwrite=overwrite,
+        arch=arch,
+        source_options=_source_options(
+            image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep
+        ),
+    )
+    store = run_embed(cfg)
+    typer.echo(
+        f"wrote {store.n_items} items / {store.n_texts} captions "
+        f"(image dim {store.dim('image')}, text dim {store.dim('text')}) to {out}"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path("lakd_demo"),
+    n: Annotated[int, typer.Option("--n", min=8, help="Scenes per split used by the demo.")] = 512,
+) -> None:
+    """Run the whole offline loop on the shapes world (replaces the demo's own output folder)."""
+    from lakd.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=str(out), n=n), echo=typer.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lakd`` script; returns the exit status (callable from tests)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="lakd", standalone_mode=True)
+    except SystemExit as exit_:  # click's own exit: help, usage errors, normal completion
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except LakdError as err:
+        if debug:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        return 1
+    return 0
