@@ -82,6 +82,7 @@ def open_source(spec: str, options: SourceOptions | None = None):
 
 
 def _load_readers() -> None:
-    """Import the reader modules so that they register themselves."""
+    """Import the reader modules so that they register themselves (shapes first: its folder kind
+    is the most specific path kind)."""
+    import lakd.data.shapes  # noqa: F401, I001
     import lakd.data.readers  # noqa: F401
-    import lakd.data.shapes  # noqa: F401
