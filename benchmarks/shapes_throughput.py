@@ -1,0 +1,125 @@
+"""Throughput of the shapes world (and, later, of ``lakd embed``) on this machine.
+
+Each measurement is a function returning a JSON-able dict, registered in ``MEASUREMENTS`` under the
+key it writes. ``main()`` runs the selected measurements and merges them into
+``benchmarks/results/shapes_throughput.json`` together with ``machine`` info; keys written by
+other measurements are kept. To add one (e.g. ``lakd embed`` items/s), write a function and add it
+to ``MEASUREMENTS``.
+
+    python benchmarks/shapes_throughput.py                 # all measurements
+    python benchmarks/shapes_throughput.py --only shapes_single_process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL
+import torch
+from torch.utils.data import DataLoader
+
+import lakd
+from lakd.data.base import Item
+from lakd.data.shapes import ShapesWorld
+from lakd.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "shapes_throughput.json"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, library versions and platform, so results from different machines can be compared."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine lowers the rates
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "lakd": lakd.__version__,
+    }
+
+
+def collate_items(items: list[Item]) -> tuple[torch.Tensor, list[str]]:
+    """Stack item images into a uint8 (B, 3, H, W) tensor and keep the primary captions."""
+    images = torch.from_numpy(np.stack([np.asarray(item.image) for item in items])).permute(0, 3, 1, 2)
+    return images, [item.captions[0] for item in items]
+
+
+def shapes_single_process(n: int = 3000, image_size: int = 64) -> dict[str, Any]:
+    """Items (scene, captions, rendered image) per second, generated in this process."""
+    world = ShapesWorld("train", n=n, image_size=image_size)
+    for i in range(20):  # warm-up
+        world[i]
+    start = time.perf_counter()
+    for i in range(n):
+        world[i]
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_s": round(n / seconds, 1),
+        "n": n,
+        "image_size": image_size,
+        "seconds": round(seconds, 3),
+    }
+
+
+def shapes_dataloader(
+    n: int = 6000, image_size: int = 64, workers: int = 2, batch_size: int = 64
+) -> dict[str, Any]:
+    """Items per second through a torch DataLoader (``workers`` processes, batches collated to tensors),
+    timed from the first ``iter()`` (worker start-up included) to the last batch."""
+    world = ShapesWorld("train", n=n, image_size=image_size)
+    loader = DataLoader(world, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
+    start = time.perf_counter()
+    seen = sum(images.shape[0] for images, _ in loader)
+    seconds = time.perf_counter() - start
+    assert seen == n
+    return {
+        "images_per_s": round(n / seconds, 1),
+        "n": n,
+        "image_size": image_size,
+        "workers": workers,
+        "batch_size": batch_size,
+        "seconds": round(seconds, 3),
+    }
+
+
+MEASUREMENTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "shapes_single_process": shapes_single_process,
+    "shapes_dataloader_2_workers": shapes_dataloader,
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", action="append", choices=sorted(MEASUREMENTS), help="run only these (repeatable)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to merge results into")
+    args = parser.parse_args(argv)
+    machine = machine_info()  # before running, so the load average describes the conditions
+    results: dict[str, Any] = {}
+    if args.out.is_file():
+        results = json.loads(args.out.read_text(encoding="utf-8"))
+    for name in args.only or MEASUREMENTS:
+        results[name] = MEASUREMENTS[name]()
+        print(f"{name}: {results[name]}")
+    results["machine"] = machine
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
