@@ -1,0 +1,159 @@
+"""Save, load and export lakd checkpoints.
+
+A ``.pt`` checkpoint keeps open_clip's layout so open_clip loads it too::
+
+    {"state_dict": {...}, "epoch": int, "name": open_clip config name or None,
+     "model_cfg": {...}, "lakd": {"version", "model_name", "spec", "preprocess_cfg", **extra}}
+
+and holds only weights_only-safe types (tensors, dicts, lists, str, numbers, None). A
+``.safetensors`` checkpoint holds the tensors; everything else (the same keys as above) goes to the
+JSON sidecar ``<file>.safetensors.json``. :func:`export_local_dir` writes an open_clip ``local-dir``
+folder (``open_clip_config.json`` + ``open_clip_model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+import lakd
+from lakd.errors import LakdError
+from lakd.io import atomic_dir, atomic_path, write_json
+from lakd.models.build import finish, model_from_cfg, resolve_arch, set_preprocess_cfg, tokenizer_for
+from lakd.models.safe_load import StateDict, load_weights, read_checkpoint, sidecar_path
+
+Writer = Callable[[Path, StateDict, dict[str, Any]], None]
+WRITERS: dict[str, Writer] = {}
+LOCAL_DIR_CONFIG = "open_clip_config.json"
+LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
+
+
+def register_writer(suffix: str) -> Callable[[Writer], Writer]:
+    """Register ``writer(path, state_dict, record)`` for checkpoints ending in ``suffix``."""
+
+    def deco(fn: Writer) -> Writer:
+        WRITERS[suffix] = fn
+        return fn
+
+    return deco
+
+
+def save_checkpoint(
+    model: torch.nn.Module, path: str | Path, *, epoch: int = 0, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` (made by :func:`lakd.models.load_model`) to ``path`` (``.pt`` or ``.safetensors``), atomically.
+
+    ``extra`` (JSON-serialisable) is merged into the ``lakd`` metadata; it may not reuse lakd's own keys.
+    """
+    path = Path(path)
+    writer = WRITERS.get(path.suffix.lower())
+    if writer is None:
+        raise LakdError(f"{path}: checkpoint must end in one of {', '.join(WRITERS)}")
+    model = getattr(model, "module", model)  # DDP / DataParallel wrappers
+    record = _checkpoint_record(model, epoch=epoch, extra=extra or {})
+    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    writer(path, state_dict, record)
+    return path
+
+
+@register_writer(".pt")
+def _write_torch(path: Path, state_dict: StateDict, record: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state_dict, **record}, tmp)
+
+
+@register_writer(".safetensors")
+def _write_safetensors(path: Path, state_dict: StateDict, record: dict[str, Any]) -> None:
+    _write_safetensors_weights(path, state_dict)
+    write_json(sidecar_path(path), record)
+
+
+def _write_safetensors_weights(path: Path, state_dict: StateDict) -> None:
+    tensors = {
+        key: value.contiguous().clone() for key, value in state_dict.items()
+    }  # clone: no shared storage
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def _checkpoint_record(model: torch.nn.Module, *, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Everything but the weights: open_clip's keys plus lakd's metadata, as JSON-safe plain data."""
+    model_cfg = getattr(model, "lakd_model_cfg", None)
+    if model_cfg is None:
+        raise LakdError("model has no lakd_model_cfg: create it with lakd.models.load_model to save it")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise LakdError(f"epoch: must be an int, got {epoch!r}")
+    core = {
+        "version": lakd.__version__,
+        "model_name": getattr(model, "lakd_model_name", None),
+        "spec": getattr(model, "lakd_spec", None),
+        "preprocess_cfg": open_clip.get_model_preprocess_cfg(model),
+    }
+    clash = sorted(set(extra) & set(core))
+    if clash:
+        raise LakdError(f"extra: key {clash[0]!r} is reserved for lakd's own checkpoint metadata")
+    record = {"epoch": epoch, "name": core["model_name"], "model_cfg": model_cfg, "lakd": {**core, **extra}}
+    try:  # a JSON round trip keeps only plain types: safe for weights_only and identical in both formats
+        return json.loads(json.dumps(record))
+    except (TypeError, ValueError) as err:
+        raise LakdError(f"extra: checkpoint metadata must be JSON-serialisable ({err})") from None
+
+
+def load_checkpoint(
+    path: str | Path, *, arch: str | None = None, device: str = "cpu", precision: str = "fp32"
+):
+    """Load a checkpoint file -> (model, preprocess, tokenizer), like :func:`lakd.models.load_model`.
+
+    A lakd checkpoint carries its config; an open_clip checkpoint (no ``model_cfg``) needs ``arch``
+    (an open_clip config name or ``lakd:NAME``), which also overrides a stored config when given.
+    The file's metadata (everything but weights and optimizer state) is attached as
+    ``model.lakd_checkpoint_meta``.
+    """
+    path = Path(path)
+    state_dict, meta = read_checkpoint(path)
+    lakd_meta = meta.get("lakd") if isinstance(meta.get("lakd"), dict) else {}
+    if arch is not None:
+        model_name, model_cfg = resolve_arch(arch)
+    elif meta.get("model_cfg") is not None:
+        model_name, model_cfg = lakd_meta.get("model_name"), meta["model_cfg"]
+    else:
+        raise LakdError(
+            f"{path}: no model_cfg in the checkpoint (an open_clip checkpoint?): pass --arch NAME "
+            "(an open_clip architecture such as ViT-B-32, or lakd:NAME)"
+        )
+    model = model_from_cfg(model_cfg, precision=precision, device=device, source=str(path))
+    load_weights(model, state_dict, source=path, arch=model_name)
+    preprocess_cfg = lakd_meta.get("preprocess_cfg")
+    set_preprocess_cfg(model, preprocess_cfg if isinstance(preprocess_cfg, dict) else {})
+    model.lakd_checkpoint_meta = {key: value for key, value in meta.items() if key != "optimizer"}
+    tokenizer = tokenizer_for(model_cfg, model_name)
+    return finish(model, tokenizer, spec=str(path), model_cfg=model_cfg, model_name=model_name)
+
+
+def export_local_dir(model: torch.nn.Module, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write an open_clip ``local-dir`` folder that ``open_clip.create_model_and_transforms("local-dir:DIR")`` loads.
+
+    Contents: ``open_clip_config.json`` (``model_cfg``, ``preprocess_cfg`` and lakd provenance) and
+    ``open_clip_model.safetensors``. The folder appears complete or not at all.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise LakdError(f"{out_dir}: already exists (use --overwrite to replace it)")
+    model = getattr(model, "module", model)
+    record = _checkpoint_record(model, epoch=0, extra={})
+    config = {
+        "model_cfg": record["model_cfg"],
+        "preprocess_cfg": record["lakd"]["preprocess_cfg"],
+        "lakd": record["lakd"],
+    }
+    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        _write_safetensors_weights(tmp / LOCAL_DIR_WEIGHTS, state_dict)
+        write_json(tmp / LOCAL_DIR_CONFIG, config)
+    return out_dir
