@@ -1,10 +1,9 @@
-"""Throughput of the shapes world (and, later, of ``lakd embed``) on this machine.
+"""Throughput of the shapes world and of ``lakd embed`` on this machine.
 
 Each measurement is a function returning a JSON-able dict, registered in ``MEASUREMENTS`` under the
 key it writes. ``main()`` runs the selected measurements and merges them into
 ``benchmarks/results/shapes_throughput.json`` together with ``machine`` info; keys written by
-other measurements are kept. To add one (e.g. ``lakd embed`` items/s), write a function and add it
-to ``MEASUREMENTS``.
+other measurements are kept. To add one, write a function and add it to ``MEASUREMENTS``.
 
     python benchmarks/shapes_throughput.py                 # all measurements
     python benchmarks/shapes_throughput.py --only shapes_single_process
@@ -95,9 +94,35 @@ def shapes_dataloader(
     }
 
 
+def embed_tiny_vit(n: int = 1024, batch_size: int = 64) -> dict[str, Any]:
+    """``lakd embed`` items/s for ``lakd:tiny-vit`` on ``shapes:val`` (images generated on the fly, every
+    caption of every scene embedded: about six per image), store written to a temporary folder."""
+    import tempfile
+
+    from lakd.embed import EmbedConfig, embed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = EmbedConfig(
+            model="lakd:tiny-vit", data=f"shapes:val?n={n}", out=f"{tmp}/store", batch_size=batch_size
+        )
+        start = time.perf_counter()
+        store = embed(cfg)
+        seconds = time.perf_counter() - start
+        n_texts = store.n_texts
+    return {
+        "items_per_s": round(n / seconds, 1),
+        "captions_per_s": round(n_texts / seconds, 1),
+        "n": n,
+        "n_captions": n_texts,
+        "batch_size": batch_size,
+        "seconds": round(seconds, 3),
+    }
+
+
 MEASUREMENTS: dict[str, Callable[[], dict[str, Any]]] = {
     "shapes_single_process": shapes_single_process,
     "shapes_dataloader_2_workers": shapes_dataloader,
+    "embed_tiny_vit": embed_tiny_vit,
 }
 
 

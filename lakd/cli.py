@@ -7,6 +7,7 @@ User-input problems surface as :class:`lakd.errors.LakdError` and are printed as
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -83,19 +84,27 @@ def data_shapes(
 
 @app.command()
 def embed(
-    model: Annotated[str, typer.Option("--model", help="Model spec (ckpt.pt, open_clip:ARCH[@TAG], lakd:NAME, ...).")],
-    data: Annotated[str, typer.Option("--data", help="Data spec (shapes:val, a CSV, a folder, wds:..., tv:...).")],
+    model: Annotated[
+        str, typer.Option("--model", help="Model spec (ckpt.pt, open_clip:ARCH[@TAG], lakd:NAME, ...).")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="Data spec (shapes:val, a CSV, a folder, wds:..., tv:...).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Embedding store folder to write.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Items per shard.")] = 10000,
     dtype: Annotated[str, typer.Option("--dtype", help="float32 or float16 on disk.")] = "float32",
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
-    arch: Annotated[str | None, typer.Option("--arch", help="open_clip arch for a bare open_clip checkpoint.")] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="open_clip arch for a bare open_clip checkpoint.")
+    ] = None,
     allow_nonfinite: Annotated[
         bool, typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows (with a count) instead of failing.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store made with other settings.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a store made with other settings.")
+    ] = False,
     image_root: ImageRoot = None,
     download: Download = False,
     allow_outside_root: AllowOutsideRoot = False,
@@ -132,7 +141,9 @@ def embed(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path("lakd_demo"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path(
+        "lakd_demo"
+    ),
     n: Annotated[int, typer.Option("--n", min=8, help="Scenes per split used by the demo.")] = 512,
 ) -> None:
     """Run the whole offline loop on the shapes world (replaces the demo's own output folder)."""
@@ -141,10 +152,31 @@ def demo(
     run_demo(DemoConfig(out=str(out), n=n), echo=typer.echo)
 
 
+class _LevelPrefixFormatter(logging.Formatter):
+    """``warning: message`` (lower-case level, like the ``error:`` lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(debug: bool) -> None:
+    """Library log lines (skipped images, truncated captions, ...) as ``warning: ...`` on stderr."""
+
+    logger = logging.getLogger("lakd")
+    if not any(getattr(h, "_lakd_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler._lakd_cli = True  # type: ignore[attr-defined]
+        handler.setFormatter(_LevelPrefixFormatter())
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lakd`` script; returns the exit status (callable from tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _configure_logging(debug)
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="lakd", standalone_mode=True)

@@ -59,7 +59,10 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
         written[f"model/{name}"] = ckpt
         store = embed(
             EmbedConfig(
-                model=str(ckpt), data=str(data_dir), out=str(out / "embeddings" / name), batch_size=cfg.batch_size
+                model=str(ckpt),
+                data=str(data_dir),
+                out=str(out / "embeddings" / name),
+                batch_size=cfg.batch_size,
             )
         )
         written[f"embeddings/{name}"] = out / "embeddings" / name
