@@ -152,6 +152,106 @@ def demo(
     run_demo(DemoConfig(out=str(out), n=n), echo=typer.echo)
 
 
+# ---- lakd eval -------------------------------------------------------------------------------
+
+eval_app = typer.Typer(
+    help=(
+        "Zero-shot classification, retrieval and compositional probes (clip_benchmark-format JSON).\n\n"
+        "lakd eval --model SPEC --data SOURCE --out results.json  |  "
+        "lakd eval --embeddings DIR --out results.json  |  lakd eval table FILES... --out table.csv"
+    ),
+    invoke_without_command=True,
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+def eval_run(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model spec to evaluate (with --data).")
+    ] = None,
+    embeddings: Annotated[
+        str | None,
+        typer.Option("--embeddings", help="Embedding store to evaluate (class prompts beside it)."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (shapes:val, shapes:probes, a folder, tv:...).")
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option("--task", help="zeroshot, retrieval, probes, or all (every task the data supports)."),
+    ] = "all",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Result JSON; may contain {task} for one file per task.")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Teacher model spec: adds teacher-agreement metrics.")
+    ] = None,
+    teacher_embeddings: Annotated[
+        str | None, typer.Option("--teacher-embeddings", help="Teacher embedding store of the same items.")
+    ] = None,
+    templates: Annotated[
+        Path | None, typer.Option("--templates", help="Prompt template file: one template with {c} a line.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="open_clip arch for a bare open_clip checkpoint.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Embedding cache (default: eval-cache/ beside --out).")
+    ] = None,
+    image_root: ImageRoot = None,
+    download: Download = False,
+    allow_outside_root: AllowOutsideRoot = False,
+    csv_img_key: CsvImgKey = "filepath",
+    csv_caption_key: CsvCaptionKey = "title",
+    csv_sep: CsvSep = None,
+) -> None:
+    """Evaluate a model (or an embedding store); `lakd eval table` merges result files into a CSV."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from lakd.eval import EvalConfig, evaluate
+    from lakd.eval.results import format_summary
+
+    if out is None:
+        raise LakdError("--out: give the result file to write (e.g. --out results.json)")
+    cfg = EvalConfig(
+        model=model,
+        data=data,
+        embeddings=embeddings,
+        task=task,
+        out=str(out),
+        teacher=teacher,
+        teacher_embeddings=teacher_embeddings,
+        templates=str(templates) if templates else None,
+        batch_size=batch_size,
+        device=device,
+        arch=arch,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        source_options=_source_options(
+            image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep
+        ),
+    )
+    records = evaluate(cfg)
+    typer.echo(format_summary(list(records.values())))
+    typer.echo(f"results: {out}")
+
+
+@eval_app.command("table")
+def eval_table(
+    files: Annotated[list[Path], typer.Argument(help="lakd or clip_benchmark result JSON files.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+) -> None:
+    """Merge lakd and clip_benchmark result files into one CSV table (one row per task result)."""
+    from lakd.eval.results import write_table
+
+    table = write_table(files, out)
+    typer.echo(f"wrote {len(table)} result row(s) from {len(files)} file(s) to {out}")
+
+
 class _LevelPrefixFormatter(logging.Formatter):
     """``warning: message`` (lower-case level, like the ``error:`` lines)."""
 

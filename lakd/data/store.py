@@ -21,6 +21,12 @@ Format (one folder, written by ``lakd embed``; format name ``lakd-embeddings``, 
     captions flat, aligned with ``text`` rows), the shard's index and range, its counts, and the
     store identity (JSON) used to decide whether a shard can be reused when resuming.
 
+``classes.safetensors`` (optional, written by ``lakd eval`` or :func:`write_class_prompts`)
+    Class-prompt text embeddings for zero-shot classification: tensor ``prompts`` [C, T, d_t]
+    raw (pre-L2-normalisation), one row per class name and prompt template; string metadata
+    ``format`` (``lakd-class-prompts``), ``classnames`` and ``templates`` (JSON lists) and
+    ``model`` (the spec that embedded them).
+
 Every file is written atomically (:func:`lakd.io.atomic_path`); ``meta.json`` is written with
 ``complete: false`` before the first shard and rewritten with ``complete: true`` at the end, so
 an interrupted run is recognised and resumed by rerunning ``lakd embed``.
@@ -50,6 +56,10 @@ SHARD_GLOB = "shard-*.safetensors"
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 IDENTITY_FIELDS = ("model", "arch", "source", "source_options", "n_source_items", "shard_size", "dtype")
 RESUME_HINT = "rerun `lakd embed` with the same --model, --data and --out to resume"
+
+
+CLASSES_NAME = "classes.safetensors"
+CLASSES_FORMAT = "lakd-class-prompts"
 
 
 def shard_file_name(index: int) -> str:
@@ -242,6 +252,74 @@ def _barrier() -> None:
     """Synchronise ranks under torch.distributed; a no-op in a single process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+@dataclass
+class ClassPrompts:
+    """Class-prompt text embeddings stored beside a store (``classes.safetensors``).
+
+    ``embeddings`` [C, T, d] raw text embeddings of ``templates[t].format(c=classnames[c])``;
+    ``model`` is the spec that embedded them (None when unknown).
+    """
+
+    embeddings: torch.Tensor
+    classnames: list[str]
+    templates: list[str]
+    model: str | None = None
+
+
+def write_class_prompts(store_path: str | Path, prompts: ClassPrompts) -> Path:
+    """Write ``prompts`` to ``store_path/classes.safetensors`` atomically; returns the file path."""
+    c, t = len(prompts.classnames), len(prompts.templates)
+    if prompts.embeddings.ndim != 3 or tuple(prompts.embeddings.shape[:2]) != (c, t):
+        raise ValueError(
+            f"class prompts: embeddings of shape {tuple(prompts.embeddings.shape)} for {c} classes x {t} templates"
+        )
+    path = Path(store_path) / CLASSES_NAME
+    metadata = {
+        "format": CLASSES_FORMAT,
+        "version": str(VERSION),
+        "classnames": json.dumps(list(prompts.classnames)),
+        "templates": json.dumps(list(prompts.templates)),
+        "model": prompts.model or "",
+    }
+    tensors = {"prompts": prompts.embeddings.detach().to("cpu", torch.float32).contiguous()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def read_class_prompts(store_path: str | Path) -> ClassPrompts | None:
+    """The class prompts stored beside a store, None when it has none; LakdError if the file is bad."""
+    path = Path(store_path) / CLASSES_NAME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            embeddings = f.get_tensor("prompts") if "prompts" in f.keys() else None
+    except (SafetensorError, OSError) as err:
+        raise LakdError(f"{path}: corrupt or truncated class-prompt file ({err})") from None
+    if metadata.get("format") != CLASSES_FORMAT or embeddings is None:
+        raise LakdError(f"{path}: not a lakd class-prompt file (expected format {CLASSES_FORMAT!r})")
+    names = {}
+    for key in ("classnames", "templates"):
+        try:
+            names[key] = json.loads(metadata[key])
+        except (KeyError, json.JSONDecodeError):
+            raise LakdError(f"{path}: metadata {key!r} is missing or not JSON") from None
+        if not isinstance(names[key], list) or not all(isinstance(v, str) for v in names[key]):
+            raise LakdError(f"{path}: metadata {key!r} must be a list of strings")
+    shape = (len(names["classnames"]), len(names["templates"]))
+    if embeddings.ndim != 3 or tuple(embeddings.shape[:2]) != shape:
+        raise LakdError(
+            f"{path}: prompts shape {list(embeddings.shape)} does not match {shape[0]} classes x {shape[1]} templates"
+        )
+    if not bool(torch.isfinite(embeddings).all()):
+        raise LakdError(f"{path}: class-prompt embeddings contain NaN/Inf")
+    return ClassPrompts(
+        embeddings.float(), names["classnames"], names["templates"], metadata.get("model") or None
+    )
 
 
 class StoreWriter:
@@ -508,6 +586,19 @@ class EmbeddingStore:
                 f"{self.path / META_NAME}: counts {self.meta['n_items']}/{self.meta['n_texts']} but shards hold {totals[0]}/{totals[1]}"
             )
         return headers
+
+    def class_prompts(self) -> ClassPrompts | None:
+        """Class-prompt embeddings stored beside the store (``classes.safetensors``), None if absent.
+
+        LakdError when the file is unreadable or its width differs from the store's text dim.
+        """
+        prompts = read_class_prompts(self.path)
+        if prompts is not None and prompts.embeddings.shape[2] != self.dim("text"):
+            raise LakdError(
+                f"{self.path / CLASSES_NAME}: prompt dim {prompts.embeddings.shape[2]} differs from "
+                f"the store's text dim {self.dim('text')}"
+            )
+        return prompts
 
     # ---- sizes -----------------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""``lakd eval``: zero-shot classification, retrieval and compositional probes of one model.
+
+The model is read either as embeddings (``embeddings``: a store written by ``lakd embed`` or
+:func:`~lakd.eval.inputs.write_embeddings`, with class prompts beside it) or as a model spec run
+over ``data``; a model's embeddings go to a cache store beside ``out`` (``eval-cache/``) and are
+reused by every task and by later runs. Results are written in clip_benchmark's format
+(:mod:`lakd.eval.results`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lakd.data import SourceOptions
+from lakd.data.store import EmbeddingStore
+from lakd.errors import LakdError
+from lakd.eval.cache import cached_store, ensure_class_prompts
+from lakd.eval.inputs import EvalInputs, load_inputs
+from lakd.eval.results import result_record, write_results
+from lakd.eval.tasks import select_tasks, task_by_name
+from lakd.eval.templates import DEFAULT_TEMPLATES, load_templates
+
+CACHE_DIR_NAME = "eval-cache"
+
+
+@dataclass
+class EvalConfig:
+    """Arguments of :func:`evaluate` (the CLI's ``lakd eval`` options).
+
+    Exactly one of ``model`` (with ``data``) and ``embeddings``. ``task``: ``zeroshot``,
+    ``retrieval``, ``probes`` or ``all`` (every task the data supports). ``out``: result file (may
+    contain ``{task}``); None writes nothing. ``teacher`` (a model spec, run over the same data) or
+    ``teacher_embeddings`` (a store of the same items) adds teacher-agreement metrics.
+    ``templates``: a template file (default :data:`DEFAULT_TEMPLATES`). ``cache_dir`` defaults to
+    ``eval-cache`` beside ``out``.
+    """
+
+    model: str | None = None
+    data: str | None = None
+    embeddings: str | None = None
+    task: str = "all"
+    out: str | None = None
+    teacher: str | None = None
+    teacher_embeddings: str | None = None
+    templates: str | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    arch: str | None = None
+    cache_dir: str | None = None
+    source_options: SourceOptions = field(default_factory=SourceOptions)
+
+
+def _check(cfg: EvalConfig) -> None:
+    if (cfg.model is None) == (cfg.embeddings is None):
+        raise LakdError("give either --model SPEC (with --data) or --embeddings DIR")
+    if cfg.model is not None and not cfg.data:
+        raise LakdError("--data: needed with --model (the data to evaluate on)")
+    if cfg.embeddings is not None and cfg.data:
+        raise LakdError("--data: not used with --embeddings (the store names its data)")
+    if cfg.teacher and cfg.teacher_embeddings:
+        raise LakdError("give either --teacher SPEC or --teacher-embeddings DIR, not both")
+    if cfg.batch_size < 1:
+        raise LakdError(f"--batch-size: must be positive, got {cfg.batch_size}")
+    task_by_name(cfg.task)  # unknown task names fail before any work
+
+
+def _cache_root(cfg: EvalConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    if cfg.out:
+        return Path(cfg.out).parent / CACHE_DIR_NAME
+    raise LakdError("out: give an output file or a cache_dir to evaluate a model spec")
+
+
+def _model_store(cfg: EvalConfig, spec: str, data: str, options: SourceOptions, arch: str | None):
+    return cached_store(
+        spec,
+        data,
+        _cache_root(cfg),
+        arch=arch,
+        source_options=options,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+    )
+
+
+def _student(cfg: EvalConfig, templates: list[str] | None) -> tuple[EmbeddingStore, EvalInputs]:
+    task = task_by_name(cfg.task)  # None: all tasks
+    only_zeroshot = task is not None and task.name == "zeroshot"
+    if cfg.embeddings is not None:
+        store = EmbeddingStore(cfg.embeddings)
+    else:
+        store = _model_store(cfg, cfg.model, cfg.data, cfg.source_options, cfg.arch)
+        if (task is None or only_zeroshot) and store.meta.get("classnames") and store.meta.get("has_labels"):
+            ensure_class_prompts(
+                store,
+                templates or list(DEFAULT_TEMPLATES),
+                cfg.model,
+                arch=cfg.arch,
+                batch_size=cfg.batch_size,
+                device=cfg.device,
+            )
+    inputs = load_inputs(store, conditions=not only_zeroshot)  # probe sets: no retrieval
+    stored = inputs.class_prompts
+    if (
+        cfg.embeddings is not None
+        and templates is not None
+        and stored is not None
+        and stored.templates != templates
+    ):
+        raise LakdError(
+            f"--templates: {store.path} holds class prompts of other templates "
+            "(a store's prompts cannot be re-embedded without the model)"
+        )
+    return store, inputs
+
+
+def _teacher(cfg: EvalConfig, store: EmbeddingStore, student: EvalInputs, zeroshot: bool) -> EvalInputs:
+    if cfg.teacher_embeddings:
+        teacher_store = EmbeddingStore(cfg.teacher_embeddings)
+    elif cfg.model is not None:
+        teacher_store = _model_store(cfg, cfg.teacher, cfg.data, cfg.source_options, None)
+    else:
+        try:
+            options = SourceOptions(**(store.meta.get("source_options") or {}))
+        except TypeError:
+            raise LakdError(f"{store.path / 'meta.json'}: field 'source_options' is not lakd's") from None
+        teacher_store = _model_store(cfg, cfg.teacher, student.source, options, None)
+    teacher = load_inputs(teacher_store, conditions=False)
+    if teacher.ids != student.ids:
+        raise LakdError(
+            f"{teacher_store.path}: the teacher's items differ from the student's ({teacher.n_items} vs "
+            f"{student.n_items} items, or another order); embed both on the same data"
+        )
+    if zeroshot and teacher.classnames != student.classnames:
+        raise LakdError(f"{teacher_store.path}: the teacher's class names differ from the student's")
+    if zeroshot and cfg.teacher:
+        teacher.class_prompts = ensure_class_prompts(
+            teacher_store,
+            student.class_prompts.templates,
+            cfg.teacher,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+        )
+    return teacher
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, dict]:
+    """Run the tasks of ``cfg`` and write their results; returns ``{task name: result object}``.
+
+    Each result object has clip_benchmark's keys (``dataset``, ``model``, ``pretrained``, ``task``,
+    ``metrics``, ``language``) plus ``lakd`` details.
+    """
+    _check(cfg)
+    templates = load_templates(cfg.templates) if cfg.templates else None
+    store, inputs = _student(cfg, templates)
+    tasks = select_tasks(cfg.task, inputs)
+    teacher = None
+    if cfg.teacher or cfg.teacher_embeddings:
+        teacher = _teacher(cfg, store, inputs, zeroshot=any(t.name == "zeroshot" for t in tasks))
+        teacher.to(cfg.device)
+    inputs.to(cfg.device)  # metrics run where the model ran
+    model = cfg.model or inputs.model
+    records = {}
+    for task in tasks:
+        result = task.run(inputs, teacher)
+        details = {
+            "task": task.name,
+            **result.details,
+            "embeddings": str(store.path),
+            "teacher": cfg.teacher or (teacher.model if teacher is not None else None),
+        }
+        records[task.name] = result_record(
+            task.benchmark, cfg.data or inputs.source, model, result.metrics, details, arch=cfg.arch
+        )
+    if cfg.out:
+        write_results(cfg.out, list(records.values()))
+    return records

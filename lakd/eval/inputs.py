@@ -1,0 +1,157 @@
+"""What an evaluation reads: one model's embeddings of one data set, from an embedding store.
+
+:class:`EvalInputs` gathers the store's raw image and caption embeddings, labels, class names,
+class-prompt embeddings (``classes.safetensors``) and, for probe sets, each item's probe
+condition. :func:`write_embeddings` builds such a store from arrays computed elsewhere (a model
+lakd cannot load), so ``lakd eval --embeddings DIR`` can evaluate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lakd.data import SourceOptions, open_source
+from lakd.data.store import (
+    CLASSES_NAME,
+    ClassPrompts,
+    EmbeddingStore,
+    ShardData,
+    StoreSpec,
+    StoreWriter,
+    write_class_prompts,
+)
+from lakd.errors import LakdError
+from lakd.eval.probes import probe_conditions
+
+
+@dataclass
+class EvalInputs:
+    """Embeddings of one model on one data set.
+
+    ``image`` [N, d] and ``text`` [M, d] raw embeddings; ``text_item`` [M] each caption's image row;
+    ``ids`` (N) and ``captions`` (M); ``labels`` [N] int64 (-1 = none) or None; ``classnames`` or
+    None; ``class_prompts`` (per-class prompt embeddings) or None; ``conditions`` (N) probe
+    conditions when the data is a probe set, else None. ``model`` and ``source`` are the specs the
+    store was made from; ``path`` the store folder.
+    """
+
+    model: str
+    source: str
+    path: Path
+    image: torch.Tensor
+    text: torch.Tensor
+    text_item: torch.Tensor
+    ids: list[str]
+    captions: list[str]
+    labels: torch.Tensor | None
+    classnames: list[str] | None
+    class_prompts: ClassPrompts | None
+    conditions: list[str] | None
+
+    @property
+    def n_items(self) -> int:
+        return self.image.shape[0]
+
+    def to(self, device: str | torch.device) -> EvalInputs:
+        """Move the tensors the metrics read (embeddings, caption rows, labels) to ``device``; returns self."""
+        self.image, self.text, self.text_item = (
+            t.to(device) for t in (self.image, self.text, self.text_item)
+        )
+        self.labels = None if self.labels is None else self.labels.to(device)
+        return self
+
+
+def store_conditions(store: EmbeddingStore, ids: list[str]) -> list[str] | None:
+    """Probe conditions of the store's items, from the data source named in its meta (None when that
+    source is not a probe set or cannot be opened here; it is never downloaded)."""
+    meta = store.meta
+    try:
+        options = dataclasses.replace(SourceOptions(**(meta.get("source_options") or {})), download=False)
+        source = open_source(str(meta.get("source")), options)
+    except (LakdError, TypeError):
+        return None
+    by_id = probe_conditions(source)
+    if by_id is None:
+        return None
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise LakdError(
+            f"{store.path}: item {missing[0]!r} is not in the probe set {meta.get('source')!r} "
+            f"({len(missing)} of {len(ids)} items missing)"
+        )
+    return [by_id[i] for i in ids]
+
+
+def load_inputs(store: EmbeddingStore, *, conditions: bool = True) -> EvalInputs:
+    """Read everything an evaluation needs from ``store`` (``conditions``: look up probe conditions)."""
+    ids = store.ids()
+    classnames = store.meta.get("classnames")
+    if classnames is not None and (
+        not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames)
+    ):
+        raise LakdError(f"{store.path / 'meta.json'}: field 'classnames' must be a list of names")
+    return EvalInputs(
+        model=str(store.meta.get("model")),
+        source=str(store.meta.get("source")),
+        path=store.path,
+        image=store.load("image"),
+        text=store.load("text"),
+        text_item=store.text_item(),
+        ids=ids,
+        captions=store.captions(),
+        labels=store.labels(),
+        classnames=classnames or None,
+        class_prompts=store.class_prompts(),
+        conditions=store_conditions(store, ids) if conditions else None,
+    )
+
+
+def write_embeddings(
+    path: str | os.PathLike,
+    image: torch.Tensor,
+    *,
+    model: str,
+    source: str,
+    labels: torch.Tensor | None = None,
+    classnames: list[str] | None = None,
+    class_prompts: torch.Tensor | None = None,
+    templates: list[str] | None = None,
+    text: torch.Tensor | None = None,
+    text_item: torch.Tensor | None = None,
+    captions: list[str] | None = None,
+    ids: list[str] | None = None,
+    overwrite: bool = False,
+) -> EmbeddingStore:
+    """Write embeddings computed elsewhere as a one-shard store that ``lakd eval --embeddings`` reads.
+
+    ``image`` [N, d]; ``labels`` [N] int64 (-1 = none) with ``classnames``; ``class_prompts``
+    [C, T, d] raw prompt embeddings of ``templates`` (``{c}`` patterns) for each class; ``text``
+    [M, d] with ``text_item`` [M] and ``captions`` (M) for retrieval; ``ids`` default to
+    ``"0".."N-1"``. ``model`` and ``source`` name what the embeddings came from.
+    """
+    n, width = image.shape
+    text = torch.empty(0, width) if text is None else text
+    text_item = torch.empty(0, dtype=torch.int64) if text_item is None else text_item
+    captions = [] if captions is None else list(captions)
+    ids = [str(i) for i in range(n)] if ids is None else list(ids)
+    if (class_prompts is None) != (templates is None) or (class_prompts is not None and classnames is None):
+        raise LakdError("write_embeddings: class_prompts need templates and classnames")
+    spec = StoreSpec(model=model, source=source, n_source_items=n, shard_size=max(n, 1))
+    writer = StoreWriter(path, spec, overwrite=overwrite, extra={"classnames": classnames, "options": {}})
+    (Path(path) / CLASSES_NAME).unlink(missing_ok=True)
+    try:
+        writer.write(0, ShardData(image, text, text_item, ids, captions, labels=labels))
+    except ValueError as err:
+        raise LakdError(f"{path}: {err}") from None
+    writer.finish()
+    if class_prompts is not None:
+        try:
+            write_class_prompts(path, ClassPrompts(class_prompts, list(classnames), list(templates), model))
+        except ValueError as err:
+            raise LakdError(f"{path}: {err}") from None
+    return EmbeddingStore(path)

@@ -1,0 +1,201 @@
+"""The evaluation tasks, in a registry: what each needs, when ``--task all`` runs it, how it runs.
+
+Each task reads :class:`~lakd.eval.inputs.EvalInputs` (and a teacher's, for teacher agreement:
+the fraction of items where the student's top-1 pick equals the teacher's) and returns
+clip_benchmark-named metrics plus details for the result file.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lakd.errors import LakdError
+from lakd.eval.inputs import EvalInputs
+from lakd.eval.probes import probe_choices, probe_metrics
+from lakd.eval.retrieval import retrieval_metrics, retrieval_ranks
+from lakd.eval.zeroshot import zeroshot_classifier, zeroshot_metrics, zeroshot_predictions
+
+
+@dataclass
+class TaskResult:
+    metrics: dict[str, float]
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """``name`` (lakd's), ``benchmark`` (clip_benchmark's task name), ``unavailable(inputs)`` -> why it
+    cannot run (None if it can), ``in_all(inputs)`` -> whether ``--task all`` runs it, ``run``."""
+
+    name: str
+    benchmark: str
+    unavailable: Callable[[EvalInputs], str | None]
+    in_all: Callable[[EvalInputs], bool]
+    run: Callable[[EvalInputs, EvalInputs | None], TaskResult]
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Fraction of positions where two top-1 picks agree."""
+    return float((student.cpu() == teacher.cpu()).double().mean())
+
+
+# ---- zero-shot classification ----------------------------------------------------------------
+
+
+def _zeroshot_unavailable(inputs: EvalInputs) -> str | None:
+    if inputs.labels is None or not bool((inputs.labels >= 0).any()):
+        return "has no class labels"
+    if not inputs.classnames:
+        return "has no class names"
+    if inputs.class_prompts is None:
+        return f"has no class-prompt embeddings ({inputs.path / 'classes.safetensors'} is missing)"
+    return None
+
+
+def _classifier(inputs: EvalInputs, who: str) -> torch.Tensor:
+    prompts = inputs.class_prompts
+    if prompts is None:
+        raise LakdError(f"{inputs.path}: {who} has no class-prompt embeddings (classes.safetensors)")
+    if prompts.classnames != inputs.classnames:
+        raise LakdError(f"{inputs.path / 'classes.safetensors'}: class names differ from the store's")
+    return zeroshot_classifier(prompts.embeddings).to(inputs.image.device)
+
+
+def run_zeroshot(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
+    result = zeroshot_metrics(inputs.image, _classifier(inputs, "the model"), inputs.labels)
+    metrics = dict(result.metrics)
+    if teacher is not None:
+        labelled = inputs.labels >= 0
+        picks = zeroshot_predictions(
+            teacher.image[labelled.to(teacher.image.device)], _classifier(teacher, "the teacher")
+        )
+        metrics["teacher_agreement"] = agreement(result.predictions, picks[:, 0])
+    details = {
+        "n_items": result.n_items,
+        "n_classes": result.n_classes,
+        "templates": inputs.class_prompts.templates,
+        "notes": result.notes,
+    }
+    return TaskResult(metrics, details)
+
+
+# ---- retrieval -------------------------------------------------------------------------------
+
+
+def _retrieval_unavailable(inputs: EvalInputs) -> str | None:
+    if inputs.conditions is not None:
+        return "is a probe set (its false captions would count as positives)"
+    if inputs.text.shape[0] == 0:
+        return "has no captions"
+    return None
+
+
+def _retrieval_in_all(inputs: EvalInputs) -> bool:
+    """Captions that are more than one class prompt per class (classification data sets caption every
+    image with its class prompt; retrieving those is not a retrieval benchmark)."""
+    if _retrieval_unavailable(inputs) is not None:
+        return False
+    return not inputs.classnames or len(set(inputs.captions)) > len(inputs.classnames)
+
+
+def run_retrieval(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
+    ranks = retrieval_ranks(inputs.image, inputs.text, inputs.text_item)
+    metrics = retrieval_metrics(ranks)
+    if teacher is not None:
+        theirs = retrieval_ranks(teacher.image, teacher.text, teacher.text_item)
+        metrics["teacher_agreement_image_retrieval"] = agreement(
+            ranks.text_to_image_top1, theirs.text_to_image_top1
+        )
+        metrics["teacher_agreement_text_retrieval"] = agreement(
+            ranks.image_to_text_top1, theirs.image_to_text_top1
+        )
+    n_without = inputs.n_items - ranks.images_with_captions.shape[0]
+    notes = [f"{n_without} image(s) without captions left out of text retrieval"] if n_without else []
+    details = {
+        "n_items": ranks.images_with_captions.shape[0],
+        "n_texts": inputs.text.shape[0],
+        "notes": notes,
+    }
+    return TaskResult(metrics, details)
+
+
+# ---- compositional probes --------------------------------------------------------------------
+
+
+def _probes_unavailable(inputs: EvalInputs) -> str | None:
+    if inputs.conditions is None:
+        return "is not a probe set (use shapes:probes or a folder exported from it)"
+    return None
+
+
+def run_probes(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
+    choices = probe_choices(inputs.image, inputs.text, inputs.text_item)
+    metrics = probe_metrics(choices, inputs.conditions)
+    if teacher is not None:
+        theirs = probe_choices(teacher.image, teacher.text, teacher.text_item)
+        metrics["teacher_agreement"] = agreement(choices.choice, theirs.choice)
+    details = {"n_items": inputs.n_items, "n_per_condition": dict(Counter(inputs.conditions))}
+    return TaskResult(metrics, details)
+
+
+register_task(
+    Task(
+        "zeroshot",
+        "zeroshot_classification",
+        _zeroshot_unavailable,
+        lambda inputs: _zeroshot_unavailable(inputs) is None,
+        run_zeroshot,
+    )
+)
+register_task(
+    Task("retrieval", "zeroshot_retrieval", _retrieval_unavailable, _retrieval_in_all, run_retrieval)
+)
+register_task(
+    Task(
+        "probes",
+        "image_caption_selection",
+        _probes_unavailable,
+        lambda inputs: _probes_unavailable(inputs) is None,
+        run_probes,
+    )
+)
+TASK_CHOICES = (*TASKS, "all")
+
+
+def task_by_name(name: str) -> Task | None:
+    """A task by lakd name or clip_benchmark name; None for ``all``; LakdError for unknown names."""
+    if name == "all":
+        return None
+    for task in TASKS.values():
+        if name in (task.name, task.benchmark):
+            return task
+    raise LakdError(f"--task: unknown task {name!r} (choose from {', '.join(TASK_CHOICES)})")
+
+
+def select_tasks(name: str, inputs: EvalInputs) -> list[Task]:
+    """The tasks ``--task name`` runs on ``inputs``; LakdError when the data cannot support them."""
+    task = task_by_name(name)
+    if task is not None:
+        reason = task.unavailable(inputs)
+        if reason:
+            raise LakdError(f"--task {task.name}: {inputs.source} {reason}")
+        return [task]
+    tasks = [task for task in TASKS.values() if task.in_all(inputs)]
+    if not tasks:
+        reasons = "; ".join(
+            f"{t.name}: {t.unavailable(inputs) or 'captions are class prompts'}" for t in TASKS.values()
+        )
+        raise LakdError(f"--task all: no task applies to {inputs.source} ({reasons})")
+    return tasks

@@ -1,0 +1,91 @@
+"""Zero-shot classification: class-prompt classifier, top-1 / top-5 accuracy, mean per-class recall.
+
+The classifier is open_clip's (``open_clip.build_zero_shot_classifier``, also clip_benchmark's):
+each prompt embedding is L2-normalised, the prompts of a class are averaged, and the mean is
+renormalised. Images are L2-normalised and classified by cosine similarity. Metric names follow
+clip_benchmark: ``acc1``, ``acc5`` (NaN when there are fewer than 5 classes, as in clip_benchmark)
+and ``mean_per_class_recall`` (scikit-learn's balanced accuracy).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+
+from lakd.embed import embed_texts
+from lakd.errors import LakdError
+from lakd.eval.templates import class_prompts_text
+
+TOP_K = 5
+
+
+def embed_class_prompts(
+    model, tokenizer, classnames: list[str], templates: list[str], *, batch_size: int = 256, device="cpu"
+) -> torch.Tensor:
+    """Raw prompt embeddings [C, T, d] of ``templates[t].format(c=classnames[c])`` (float32, CPU)."""
+    texts = class_prompts_text(classnames, templates)
+    flat = embed_texts(model, tokenizer, texts, batch_size=batch_size, device=device)
+    return flat.reshape(len(classnames), len(templates), -1)
+
+
+def zeroshot_classifier(prompts: torch.Tensor) -> torch.Tensor:
+    """Class weights [C, d] from raw prompt embeddings [C, T, d]: mean of normalised prompts, renormalised."""
+    return F.normalize(F.normalize(prompts.float(), dim=-1).mean(dim=1), dim=-1)
+
+
+@dataclass
+class ZeroShotResult:
+    """``metrics`` (clip_benchmark names), ``predictions`` [n] top-1 class of each labelled image and
+    ``n_items`` / ``n_classes`` / ``notes`` describing what was measured."""
+
+    metrics: dict[str, float]
+    predictions: torch.Tensor
+    n_items: int
+    n_classes: int
+    notes: list[str]
+
+
+def zeroshot_predictions(image: torch.Tensor, classifier: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Indices [N, k] of the ``k`` classes most similar to each image (cosine)."""
+    logits = F.normalize(image.float(), dim=-1) @ classifier.to(image.device).T
+    return logits.topk(min(k, classifier.shape[0]), dim=1).indices
+
+
+def zeroshot_metrics(image: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor) -> ZeroShotResult:
+    """Top-1, top-5 and mean per-class recall of ``image`` [N, d] under ``classifier`` [C, d].
+
+    ``labels`` [N] int64 indexes the classes; -1 marks an unlabelled image (left out).
+    """
+    n_classes = classifier.shape[0]
+    labelled = labels >= 0
+    if not bool(labelled.any()):
+        raise LakdError("zero-shot classification: no image has a class label")
+    if int(labels.max()) >= n_classes:
+        raise LakdError(f"zero-shot classification: label {int(labels.max())} but only {n_classes} classes")
+    if image.shape[1] != classifier.shape[1]:
+        raise LakdError(
+            f"zero-shot classification: image dim {image.shape[1]} differs from class-prompt dim {classifier.shape[1]}"
+        )
+    target = labels[labelled].to(image.device)
+    topk = zeroshot_predictions(image[labelled], classifier, TOP_K)
+    hits = topk == target[:, None]
+    notes = []
+    if n_classes >= TOP_K:
+        acc5 = float(hits.any(dim=1).double().mean())
+    else:
+        acc5 = math.nan
+        notes.append(f"acc5 is null: only {n_classes} classes (fewer than {TOP_K})")
+    pred = topk[:, 0].cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        recall = float(balanced_accuracy_score(target.cpu().numpy(), pred.numpy()))
+    metrics = {"acc1": float(hits[:, 0].double().mean()), "acc5": acc5, "mean_per_class_recall": recall}
+    n_unlabelled = int((~labelled).sum())
+    if n_unlabelled:
+        notes.append(f"{n_unlabelled} unlabelled image(s) left out")
+    return ZeroShotResult(metrics, pred, int(labelled.sum()), n_classes, notes)
