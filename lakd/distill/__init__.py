@@ -1,0 +1,36 @@
+"""Distillation objectives for CLIP students: losses (one module per family), registry, recipes.
+
+Every loss takes one :class:`DistillBatch` and returns a scalar; a :class:`Recipe` is a weighted
+sum of losses named in config, e.g. ``Recipe.from_config({"clip": 1, "fd": 1})`` or
+``Recipe.named("clip_kd")``. Definitions and the fixes to [KD]'s reference code: METRICS.md
+("Distillation losses") and the docstrings of each module.
+
+Families: :mod:`~lakd.distill.contrastive` (clip, icl, afd), :mod:`~lakd.distill.logits` (crd,
+gd), :mod:`~lakd.distill.feature` (fd, fd_clipkd, mfd, whitened_fd), :mod:`~lakd.distill.geometry`
+(conformity, shell, gap), :mod:`~lakd.distill.relational` (relational, rise_relative).
+"""
+
+from lakd.distill import contrastive, feature, geometry, logits, relational  # noqa: F401  (register losses)
+from lakd.distill.batch import MODALITIES, DistillBatch
+from lakd.distill.contrastive import infonce, infonce_gradients
+from lakd.distill.heads import ProjectionHeads, StudentWithHeads
+from lakd.distill.recipe import NAMED_RECIPES, Recipe, RecipeOutput, available_recipes
+from lakd.distill.registry import DistillLoss, FeatureDims, available_losses, build_loss, register_loss
+
+__all__ = [
+    "MODALITIES",
+    "NAMED_RECIPES",
+    "DistillBatch",
+    "DistillLoss",
+    "FeatureDims",
+    "ProjectionHeads",
+    "Recipe",
+    "RecipeOutput",
+    "StudentWithHeads",
+    "available_losses",
+    "available_recipes",
+    "build_loss",
+    "infonce",
+    "infonce_gradients",
+    "register_loss",
+]

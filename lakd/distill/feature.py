@@ -1,0 +1,112 @@
+"""Feature distillation: ``fd``, ``fd_clipkd``, ``mfd`` [KD] and ``whitened_fd`` [WC].
+
+All compare L2-normalised student features (projected into the teacher's dim by the heads when
+the dims differ) with the teacher's, per modality, summed over image and text.
+
+Scale: ``fd`` is the scale-free per-item form, mean over items of ||s_hat - t_hat||^2 (summed
+over dims; equals 2 - 2 cos), so weight 1 is meaningful for any d. ``fd_clipkd`` is [KD]'s
+``F.mse_loss``, which also averages over the d dims (fd_clipkd = fd / d); that is why [KD]'s
+recipes weight it by 2000. Use it to reproduce published recipes.
+
+Whitened FD maps both into the teacher's whitened space first: y = (x - mu_t) W_t with the
+teacher's saved statistics of that modality (ZCA or PCA, :mod:`lakd.analysis.whitening`), then
+normalises and applies ``fd``. It removes the teacher's offset and anisotropy (the "double
+ellipsoid" [DE]) from the target, so the student matches the directions that carry content.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lakd.analysis.whitening import whiten
+from lakd.distill.batch import MODALITIES, DistillBatch
+from lakd.distill.masking import FALLBACKS, encode_masked_images
+from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
+from lakd.errors import LakdError
+
+
+def per_item_squared_distance(a_hat: torch.Tensor, b_hat: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the squared L2 distance, summed over dims [N, d] -> scalar."""
+    return (a_hat - b_hat).pow(2).sum(dim=1).mean()
+
+
+@register_loss("fd")
+class FeatureDistillation(DistillLoss):
+    """FD, scale-free: sum over modalities of mean_i ||s_hat_i - t_hat_i||^2."""
+
+    def forward(self, batch: DistillBatch) -> torch.Tensor:
+        return sum(
+            per_item_squared_distance(batch.projected_hat(m, self.name), batch.teacher_hat(m, self.name))
+            for m in MODALITIES
+        )
+
+
+@register_loss("fd_clipkd")
+class ClipKDFeatureDistillation(DistillLoss):
+    """FD in [KD]'s scale: sum over modalities of MSE(s_hat, t_hat) averaged over N and d."""
+
+    def forward(self, batch: DistillBatch) -> torch.Tensor:
+        return sum(
+            F.mse_loss(batch.projected_hat(m, self.name), batch.teacher_hat(m, self.name)) for m in MODALITIES
+        )
+
+
+@register_loss("whitened_fd")
+class WhitenedFeatureDistillation(DistillLoss):
+    """FD after whitening both student (projected) and teacher raw features with the teacher's
+    statistics of each modality (``batch.whitening["image"]`` / ``["text"]``), then normalising."""
+
+    def forward(self, batch: DistillBatch) -> torch.Tensor:
+        statistics = batch.require("whitening", self.name)
+        total = batch.student_image.new_zeros(())
+        for modality in MODALITIES:
+            if modality not in statistics:
+                raise LakdError(f"loss {self.name!r}: no teacher whitening statistics for {modality!r}")
+            stats = statistics[modality]
+            student = F.normalize(whiten(batch.projected(modality, self.name), stats), dim=-1)
+            teacher = F.normalize(whiten(batch.teacher(modality, self.name), stats), dim=-1)
+            total = total + per_item_squared_distance(student, teacher)
+        return total
+
+
+@register_loss("mfd")
+class MaskedFeatureDistillation(DistillLoss):
+    """MFD [KD]: ``fd`` where the student's image features come from a masked view of its images
+    (:mod:`lakd.distill.masking`; the teacher's features are of the full image), plus ``fd`` on
+    text. Re-encodes ``batch.images`` with ``batch.student_model`` (one extra image-tower pass).
+
+    ``mask_ratio``: fraction of patches masked, in (0, 1) ([KD] uses 0.75). ``fallback``:
+    "pixel" (mask pixel cells for towers without patch tokens) or "error". ``cell``: pixel cell
+    size of the fallback (default: an 8 x 8 grid).
+    """
+
+    def __init__(
+        self, dims: FeatureDims, *, mask_ratio: float = 0.75, fallback: str = "pixel", cell: int | None = None
+    ):
+        super().__init__(dims)
+        if not 0.0 < mask_ratio < 1.0:
+            raise LakdError(f"loss 'mfd': mask_ratio must be in (0, 1), got {mask_ratio}")
+        if fallback not in FALLBACKS:
+            raise LakdError(f"loss 'mfd': fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        if cell is not None and cell < 1:
+            raise LakdError(f"loss 'mfd': cell must be a positive number of pixels, got {cell}")
+        self.mask_ratio, self.fallback, self.cell = mask_ratio, fallback, cell
+
+    def forward(self, batch: DistillBatch) -> torch.Tensor:
+        model = batch.require("student_model", self.name)
+        images = batch.require("images", self.name)
+        masked = encode_masked_images(model, images, self.mask_ratio, fallback=self.fallback, cell=self.cell)
+        masked = batch.gather(batch.project("image", masked, self.name))
+        if len(masked) != batch.size:
+            raise LakdError(
+                f"loss {self.name!r}: {len(masked)} masked images encoded but the batch has "
+                f"{batch.size} items"
+            )
+        image_term = per_item_squared_distance(
+            F.normalize(masked, dim=-1), batch.teacher_hat("image", self.name)
+        )
+        text_term = per_item_squared_distance(
+            batch.projected_hat("text", self.name), batch.teacher_hat("text", self.name)
+        )
+        return image_term + text_term

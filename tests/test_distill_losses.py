@@ -1,0 +1,359 @@
+"""Distillation losses on random feature batches: values, gradients, minima, invariances, recipes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import special_ortho_group
+
+import lakd.analysis as analysis
+from lakd.analysis import fit_whitening
+from lakd.distill import (
+    MODALITIES,
+    NAMED_RECIPES,
+    DistillBatch,
+    FeatureDims,
+    ProjectionHeads,
+    Recipe,
+    available_losses,
+    build_loss,
+    infonce_gradients,
+)
+from lakd.distill.geometry import batch_conformity, shell_statistics
+from lakd.distill.relational import linear_cka
+from lakd.errors import LakdError
+
+ISSUE_LOSSES = {
+    "clip",
+    "crd",
+    "fd",
+    "fd_clipkd",
+    "mfd",
+    "gd",
+    "icl",
+    "afd",
+    "whitened_fd",
+    "conformity",
+    "shell",
+    "gap",
+    "relational",
+    "rise_relative",
+}
+FEATURE_ONLY_LOSSES = sorted(ISSUE_LOSSES - {"mfd"})  # mfd re-encodes images: tests/test_distill_mfd.py
+STUDENT_DIM, TEACHER_DIM, N = 8, 12, 16
+
+
+def teacher_features(n: int, dim: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """CLIP-like raw teacher features: an offset mean per modality plus anisotropic noise."""
+    scales = torch.linspace(2.0, 0.2, dim)
+    return {
+        "image": 3.0 + torch.randn(n, dim, generator=generator) * scales,
+        "text": -1.0 + torch.randn(n, dim, generator=generator) * scales.flip(0),
+    }
+
+
+def whitening_for(features: dict[str, torch.Tensor], method: str = "zca"):
+    return {m: fit_whitening(features[m], method=method) for m in MODALITIES}
+
+
+def random_batch(
+    student_dim: int = STUDENT_DIM, teacher_dim: int = TEACHER_DIM, n: int = N, seed: int = 0
+) -> DistillBatch:
+    """Student leaf features (requires_grad), teacher features, heads when dims differ, whitening, anchors."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    teacher = teacher_features(n, teacher_dim, generator)
+    fit_on = teacher_features(256, teacher_dim, generator)
+    return DistillBatch(
+        student_image=torch.randn(n, student_dim, generator=generator).requires_grad_(),
+        student_text=torch.randn(n, student_dim, generator=generator).requires_grad_(),
+        student_logit_scale=torch.tensor(math.exp(2.0), requires_grad=True),
+        teacher_image=teacher["image"],
+        teacher_text=teacher["text"],
+        teacher_logit_scale=100.0,
+        heads=ProjectionHeads.between(student_dim, teacher_dim),
+        whitening=whitening_for(fit_on),
+        labels=torch.randint(0, 3, (n,), generator=generator),
+        text_anchors=torch.randn(3, 4, teacher_dim, generator=generator),
+    )
+
+
+def student_equals_teacher(seed: int = 0, n: int = N, perturb: float = 0.0) -> DistillBatch:
+    """Student features = teacher features (+ optional noise), same dim, same logit scale."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher = teacher_features(n, TEACHER_DIM, generator)
+    fit_on = teacher_features(256, TEACHER_DIM, generator)
+    student = {
+        m: (teacher[m] + perturb * torch.randn(n, TEACHER_DIM, generator=generator)) for m in MODALITIES
+    }
+    return DistillBatch(
+        student_image=student["image"].requires_grad_(),
+        student_text=student["text"].requires_grad_(),
+        student_logit_scale=torch.tensor(50.0),
+        teacher_image=teacher["image"],
+        teacher_text=teacher["text"],
+        teacher_logit_scale=50.0,
+        whitening=whitening_for(fit_on),
+        labels=torch.randint(0, 3, (n,), generator=generator),
+        text_anchors=torch.randn(3, 4, TEACHER_DIM, generator=generator),
+    )
+
+
+def build(name: str, **options):
+    return build_loss(name, options, FeatureDims(STUDENT_DIM, TEACHER_DIM))
+
+
+def test_registry_holds_every_loss_of_the_issue():
+    assert set(available_losses()) == ISSUE_LOSSES
+
+
+@pytest.mark.parametrize("name", FEATURE_ONLY_LOSSES)
+def test_loss_is_finite_with_finite_gradients(name):
+    batch = random_batch()
+    loss = build(name)
+    value = loss(batch)
+    assert value.ndim == 0 and torch.isfinite(value)
+    value.backward()
+    grads = [g for g in (batch.student_image.grad, batch.student_text.grad) if g is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0, "no gradient reaches the student's features"
+    for parameter in [*loss.parameters(), *batch.heads.parameters()]:
+        assert parameter.grad is None or torch.isfinite(parameter.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("fd", {}),
+        ("fd_clipkd", {}),
+        ("whitened_fd", {}),
+        ("crd", {}),
+        ("gd", {}),
+        ("conformity", {}),
+        ("shell", {}),
+        ("gap", {}),
+        ("relational", {"method": "kl"}),
+        ("relational", {"method": "cka"}),
+        ("rise_relative", {}),
+    ],
+)
+def test_zero_when_student_equals_teacher_and_positive_otherwise(name, options):
+    loss = build(name, **options)
+    assert loss(student_equals_teacher()).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(student_equals_teacher(perturb=1.0)).item() > 1e-4
+
+
+@pytest.mark.parametrize("method", ["zca", "pca"])
+def test_whitened_fd_is_unchanged_by_a_rotation_of_both_raw_spaces(method):
+    generator = torch.Generator().manual_seed(3)
+    teacher = teacher_features(N, TEACHER_DIM, generator)
+    fit_on = teacher_features(512, TEACHER_DIM, generator)
+    student = {m: teacher[m] + 0.5 * torch.randn(N, TEACHER_DIM, generator=generator) for m in MODALITIES}
+    rotation = torch.as_tensor(special_ortho_group.rvs(TEACHER_DIM, random_state=0), dtype=torch.float32)
+
+    def loss_in(transform):
+        stats = {m: fit_whitening(transform(fit_on[m]), method=method) for m in MODALITIES}
+        batch = DistillBatch(
+            transform(student["image"]),
+            transform(student["text"]),
+            torch.tensor(1.0),
+            transform(teacher["image"]),
+            transform(teacher["text"]),
+            whitening=stats,
+        )
+        return build("whitened_fd")(batch).item()
+
+    plain = loss_in(lambda x: x)
+    assert plain > 0.1
+    assert loss_in(lambda x: x @ rotation) == pytest.approx(plain, rel=1e-4)
+    # the plain feature distance of these raw features is a different number: whitening did something
+    raw = DistillBatch(
+        student["image"], student["text"], torch.tensor(1.0), teacher["image"], teacher["text"]
+    )
+    assert build("fd")(raw).item() != pytest.approx(plain, rel=0.05)
+
+
+def test_whitened_fd_needs_statistics_of_the_teacher_dim():
+    batch = random_batch()
+    batch.whitening = None
+    with pytest.raises(LakdError, match="whitening"):
+        build("whitened_fd")(batch)
+    batch = random_batch()
+    batch.whitening = {m: fit_whitening(torch.randn(64, 5)) for m in MODALITIES}
+    with pytest.raises(LakdError, match="dimension"):
+        build("whitened_fd")(batch)
+
+
+@pytest.mark.parametrize("scale", [1.0, 14.3, 100.0])
+def test_infonce_gradients_equal_autograd(scale):
+    generator = torch.Generator().manual_seed(1)
+    anchors = F.normalize(
+        torch.randn(10, 6, generator=generator, dtype=torch.float64), dim=-1
+    ).requires_grad_()
+    keys = F.normalize(torch.randn(10, 6, generator=generator, dtype=torch.float64), dim=-1).requires_grad_()
+    logit_scale = torch.tensor(scale, dtype=torch.float64)
+    loss = F.cross_entropy(logit_scale * anchors @ keys.T, torch.arange(10))
+    expected_anchor_grad, expected_key_grad = torch.autograd.grad(loss, (anchors, keys))
+    anchor_grad, key_grad = infonce_gradients(anchors.detach(), keys.detach(), logit_scale)
+    torch.testing.assert_close(anchor_grad, expected_anchor_grad)
+    torch.testing.assert_close(key_grad, expected_key_grad)
+
+
+def test_gd_depends_on_the_true_temperature():
+    """Same features, different student scale: GD > 0 (the scale enters P = softmax(scale * A K^T))."""
+    batch = student_equals_teacher()
+    batch.student_logit_scale = torch.tensor(5.0)
+    assert build("gd")(batch).item() > 1e-3
+
+
+def test_afd_with_different_dims_and_its_learned_parts():
+    loss = build("afd")
+    assert all(layer.in_features == STUDENT_DIM + TEACHER_DIM for layer in loss.fusion.values())
+    batch = random_batch()
+    loss(batch).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in loss.parameters())
+    with pytest.raises(LakdError, match="dims"):
+        build_loss("afd")
+
+
+def test_learned_logit_scales_are_capped_at_100():
+    loss = build("icl", init_logit_scale=10.0)
+    assert loss.logit_scale().item() == pytest.approx(100.0)
+
+
+def test_torch_conformity_matches_the_analysis_implementation():
+    x = torch.randn(20, 7, dtype=torch.float64) + 1.0
+    expected = analysis.conformity(x.numpy())
+    np.testing.assert_allclose(batch_conformity(F.normalize(x, dim=-1)).numpy(), expected, rtol=1e-10)
+
+
+def test_shell_statistics_match_the_analysis_definitions():
+    x = torch.randn(50, 6, dtype=torch.float64) * torch.linspace(1, 3, 6) + 2.0
+    ratio, centred_cv, raw_cv = shell_statistics(x).tolist()
+    shell = analysis.thin_shell(x.numpy())
+    assert ratio == pytest.approx(analysis.offset_ratio(x.numpy()), rel=1e-10)
+    assert centred_cv == pytest.approx(shell["centred"]["cv"], rel=1e-10)
+    assert raw_cv == pytest.approx(shell["raw"]["cv"], rel=1e-10)
+
+
+def test_torch_cka_matches_the_analysis_implementation():
+    x, y = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 9, dtype=torch.float64)
+    y[:, :5] += x
+    assert float(linear_cka(x, y)) == pytest.approx(analysis.linear_cka(x.numpy(), y.numpy()), rel=1e-10)
+
+
+def test_conformity_against_running_means_keeps_buffers_in_the_state_dict():
+    loss = build("conformity", reference="running", momentum=0.5)
+    batch = random_batch()
+    assert torch.isfinite(loss(batch))
+    state = loss.state_dict()
+    assert {"running.student_image.value", "running.teacher_text.value"} <= set(state)
+    first = state["running.student_image.value"].clone()
+    np.testing.assert_allclose(first.numpy(), batch.student_hat("image").detach().mean(0).numpy(), rtol=1e-6)
+    loss(random_batch(seed=1))
+    assert not torch.equal(loss.state_dict()["running.student_image.value"], first)
+    with pytest.raises(LakdError, match="dims"):
+        build_loss("conformity", {"reference": "running"})
+
+
+def test_rise_relative_shared_anchors_and_bad_labels():
+    batch = random_batch()
+    batch.text_anchors = torch.randn(5, TEACHER_DIM)
+    assert torch.isfinite(build("rise_relative")(batch))
+    batch = random_batch()
+    batch.labels = torch.full((N,), 7)
+    with pytest.raises(LakdError, match="labels"):
+        build("rise_relative")(batch)
+    batch = random_batch()
+    batch.text_anchors = None
+    with pytest.raises(LakdError, match="text_anchors"):
+        build("rise_relative")(batch)
+
+
+def test_feature_losses_need_heads_when_dims_differ():
+    batch = random_batch()
+    batch.heads = None
+    with pytest.raises(LakdError, match="projection heads"):
+        build("fd")(batch)
+
+
+def test_batch_rejects_mismatched_rows_and_shapes():
+    with pytest.raises(LakdError, match="same items"):
+        DistillBatch(
+            torch.randn(4, 3), torch.randn(4, 3), torch.tensor(1.0), torch.randn(5, 6), torch.randn(5, 6)
+        )
+    with pytest.raises(LakdError, match="differ in shape"):
+        DistillBatch(torch.randn(4, 3), torch.randn(4, 2), torch.tensor(1.0))
+    with pytest.raises(LakdError, match="both image and text"):
+        DistillBatch(torch.randn(4, 3), torch.randn(4, 3), torch.tensor(1.0), teacher_image=torch.randn(4, 3))
+
+
+# --- recipes ---------------------------------------------------------------------------------------
+
+
+def test_recipe_total_is_the_weighted_sum_of_logged_terms():
+    recipe = Recipe.from_config({"clip": 1, "fd": 0.5, "gap": {"weight": 2}}, student_dim=STUDENT_DIM)
+    output = recipe(random_batch())
+    assert set(output.terms) == {"clip", "fd", "gap"}
+    expected = output.terms["clip"] + 0.5 * output.terms["fd"] + 2 * output.terms["gap"]
+    torch.testing.assert_close(output.total, expected)
+    scalars = output.scalars()
+    assert set(scalars) == {"loss/total", "loss/clip", "loss/fd", "loss/gap"}
+    assert scalars["loss/fd"] == pytest.approx(output.terms["fd"].item())
+
+
+def test_named_recipes():
+    assert set(NAMED_RECIPES) == {"none", "clip_kd", "fd", "whitened_fd", "geometry"}
+    assert NAMED_RECIPES["clip_kd"] == {"clip": 1.0, "crd": 1.0, "icl": 1.0, "fd_clipkd": 2000.0}
+    assert set(NAMED_RECIPES["geometry"]) == {"clip", "whitened_fd", "conformity", "gap"}
+    for name in NAMED_RECIPES:
+        output = Recipe.named(name, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM)(random_batch())
+        assert torch.isfinite(output.total)
+        assert set(output.terms) == set(NAMED_RECIPES[name])
+
+
+def test_plain_clip_recipe_needs_no_teacher_but_distillation_does():
+    batch = DistillBatch(torch.randn(6, 4), torch.randn(6, 4), torch.tensor(10.0))
+    assert torch.isfinite(Recipe.named("none")(batch).total)
+    with pytest.raises(LakdError, match="teacher"):
+        Recipe.named("fd")(batch)
+
+
+def test_recipe_terms_can_reuse_a_loss_with_different_options():
+    recipe = Recipe.from_config(
+        {"rel_kl": {"loss": "relational", "method": "kl"}, "rel_cka": {"loss": "relational", "method": "cka"}}
+    )
+    output = recipe(random_batch())
+    assert set(output.terms) == {"rel_kl", "rel_cka"}
+    assert output.terms["rel_kl"].item() != pytest.approx(output.terms["rel_cka"].item())
+
+
+def test_zero_weight_terms_are_dropped():
+    recipe = Recipe.from_config({"clip": 1, "fd": 0})
+    assert list(recipe.losses) == ["clip"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"clip": 1, "fdd": 1}, r"unknown \(available: afd, clip,"),
+        ({"fd": {"weight": 1, "temperature": 2}}, "unknown option"),
+        ({"fd": -1}, "weight must be"),
+        ({"fd": float("nan")}, "weight must be"),
+        ({"fd": "much"}, "weight must be"),
+        ({"fd": 0}, "no terms"),
+        ({"a.b": 1}, "without '.'"),
+        ("clip-kd", "shipped recipes: clip_kd"),
+        (["fd"], "expected a mapping"),
+        ({"mfd": {"mask_ratio": 1.0}}, "mask_ratio"),
+        ({"relational": {"method": "mse"}}, "method must be one of"),
+    ],
+)
+def test_bad_recipe_configs_are_one_line_errors(config, message):
+    with pytest.raises(LakdError, match=message) as err:
+        Recipe.from_config(config)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,123 @@
+"""MFD really masks the student's input: token patch dropout for ViT towers, pixel cells otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from open_clip.transformer import PatchDropout
+
+from lakd.distill import DistillBatch, FeatureDims, StudentWithHeads, build_loss
+from lakd.distill.masking import encode_masked_images, mask_pixel_cells
+from lakd.errors import LakdError
+from lakd.models import load_model
+
+TEACHER_DIM = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    torch.manual_seed(0)
+    return load_model("lakd:tiny-vit")[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    torch.manual_seed(0)
+    return load_model("lakd:tiny-resnet")[0]
+
+
+def capture_inputs(module: torch.nn.Module) -> tuple[list[torch.Tensor], torch.utils.hooks.RemovableHandle]:
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
+    return seen, handle
+
+
+def mfd_batch(model: torch.nn.Module, images: torch.Tensor) -> DistillBatch:
+    wrapper = StudentWithHeads.for_teacher(model, TEACHER_DIM)
+    texts = torch.randint(1, 1000, (len(images), 32))
+    outputs = wrapper(images, texts)
+    return wrapper.distill_batch(
+        outputs,
+        images,
+        teacher_image=torch.randn(len(images), TEACHER_DIM),
+        teacher_text=torch.randn(len(images), TEACHER_DIM),
+    )
+
+
+def test_vit_student_sees_fewer_patch_tokens_when_masked(tiny_vit):
+    images = torch.randn(4, 3, 64, 64)
+    seen, handle = capture_inputs(tiny_vit.visual.transformer)
+    try:
+        full = tiny_vit.encode_image(images)
+        masked = encode_masked_images(tiny_vit, images, 0.75)
+    finally:
+        handle.remove()
+    patches = tiny_vit.visual.grid_size[0] * tiny_vit.visual.grid_size[1]  # 8 x 8 for 64 px / patch 8
+    assert seen[0].shape[1] == 1 + patches
+    assert seen[1].shape[1] == 1 + int(patches * 0.25)  # class token + kept patches
+    assert not torch.allclose(full, masked)
+    assert not isinstance(tiny_vit.visual.patch_dropout, PatchDropout), "original (no) patch dropout restored"
+
+
+def test_mfd_loss_trains_the_vit_student_through_the_masked_view(tiny_vit):
+    images = torch.randn(4, 3, 64, 64)
+    batch = mfd_batch(tiny_vit, images)
+    tiny_vit.zero_grad()
+    loss = build_loss("mfd", {"mask_ratio": 0.5}, FeatureDims())(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    conv_grad = tiny_vit.visual.conv1.weight.grad
+    assert conv_grad is not None and torch.isfinite(conv_grad).all() and conv_grad.abs().sum() > 0
+    assert batch.heads.maps["image"].weight.grad is not None
+
+
+def test_resnet_student_gets_pixel_masked_images(tiny_resnet):
+    images = torch.randn(3, 3, 64, 64)
+    seen, handle = capture_inputs(tiny_resnet.visual)
+    try:
+        encode_masked_images(tiny_resnet, images, 0.75)
+    finally:
+        handle.remove()
+    (masked_input,) = seen
+    assert not torch.equal(masked_input, images)
+    zeroed = masked_input == 0
+    assert zeroed.float().mean().item() == pytest.approx(0.75)  # int(0.75 * 64) of 64 cells of 8 x 8 px
+    torch.testing.assert_close(masked_input[~zeroed], images[~zeroed])
+
+
+def test_resnet_student_can_refuse_instead_of_falling_back(tiny_resnet):
+    images = torch.randn(2, 3, 64, 64)
+    batch = mfd_batch(tiny_resnet, images)
+    with pytest.raises(LakdError, match="TimmModel cannot drop patch tokens"):
+        build_loss("mfd", {"fallback": "error"}, FeatureDims())(batch)
+    assert torch.isfinite(build_loss("mfd", {"fallback": "pixel"}, FeatureDims())(batch))
+
+
+def test_mask_pixel_cells_covers_edges_and_masks_the_requested_share():
+    images = torch.ones(2, 3, 10, 7)
+    masked = mask_pixel_cells(images, 0.5, cell=3)  # 4 x 3 grid, 6 of 12 cells masked, edge cells smaller
+    assert masked.shape == images.shape
+    assert torch.equal(images, torch.ones_like(images)), "input left untouched"
+    for image in masked:
+        assert int((image[0, ::3, ::3] == 0).sum()) == 6  # one top-left pixel per cell
+        for top in range(0, 10, 3):
+            for left in range(0, 7, 3):
+                cell = image[:, top : top + 3, left : left + 3]
+                assert cell.min() == cell.max(), "cells are masked whole"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"mask_ratio": 0.0}, "mask_ratio"), ({"fallback": "blur"}, "fallback"), ({"cell": 0}, "cell")],
+)
+def test_bad_mfd_options(options, message):
+    with pytest.raises(LakdError, match=message):
+        build_loss("mfd", options, FeatureDims())
+
+
+def test_mfd_needs_the_student_model_and_images():
+    batch = DistillBatch(
+        torch.randn(2, 4), torch.randn(2, 4), torch.tensor(1.0), torch.randn(2, 4), torch.randn(2, 4)
+    )
+    with pytest.raises(LakdError, match="student_model"):
+        build_loss("mfd", {}, FeatureDims())(batch)
