@@ -1,0 +1,124 @@
+"""Teacher-student alignment on the same items: CKA, k-NN overlap, Procrustes, similarity
+rank correlation, retrieval agreement.
+
+All functions take two raw embedding matrices of the same N items, x [N, d_x] (e.g. student) and
+y [N, d_y] (e.g. teacher); the dimensions may differ. Linear CKA: Kornblith et al., "Similarity
+of Neural Network Representations Revisited", ICML 2019.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from scipy.spatial import procrustes
+from sklearn.neighbors import NearestNeighbors
+
+from lakd.analysis.inputs import ArrayLike, as_float64, normalise_rows, require_rows
+from lakd.errors import LakdError
+
+
+def _paired(x: ArrayLike, y: ArrayLike, minimum: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = as_float64(x, "student embeddings"), as_float64(y, "reference embeddings")
+    if len(x) != len(y):
+        raise LakdError(
+            f"{purpose}: student has {len(x)} rows but reference has {len(y)}; they must be the same items"
+        )
+    require_rows(len(x), minimum, "paired embeddings", purpose)
+    return x, y
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Linear CKA of raw x [N, d_x] and y [N, d_y], centred inside:
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), in [0, 1]; 1 for a rotated or scaled copy.
+    Invariant to orthogonal maps and isotropic scaling, not to general linear maps."""
+    x, y = _paired(x, y, 2, "linear CKA")
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    if denominator == 0:
+        raise LakdError("linear CKA: one of the two sets has zero variance")
+    return float(np.linalg.norm(y.T @ x) ** 2 / denominator)
+
+
+def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices [N, k] of each row's k nearest other rows by cosine similarity (self excluded)."""
+    unit = normalise_rows(x)
+    # on unit vectors Euclidean distance is monotone in cosine; kneighbors() without a query
+    # excludes each point from its own neighbours
+    return NearestNeighbors(n_neighbors=k).fit(unit).kneighbors(return_distance=False)
+
+
+def knn_overlap(x: ArrayLike, y: ArrayLike, k: int = 10) -> float:
+    """Mean Jaccard overlap |A_j & B_j| / |A_j | B_j| of the cosine k-NN sets of item j in x and
+    in y (raw inputs, normalised inside; self excluded), averaged over items; 1 = same neighbours."""
+    x, y = _paired(x, y, k + 1, f"{k}-NN overlap")
+    if k < 1:
+        raise LakdError(f"k-NN overlap: k must be positive, got {k}")
+    both = np.sort(np.hstack([nearest_neighbours(x, k), nearest_neighbours(y, k)]), axis=1)
+    shared = np.count_nonzero(both[:, 1:] == both[:, :-1], axis=1)
+    return float(np.mean(shared / (2 * k - shared)))
+
+
+def procrustes_residual(x: ArrayLike, y: ArrayLike) -> float:
+    """Orthogonal Procrustes disparity of raw x and y after centring and scaling each to unit
+    Frobenius norm (scipy.spatial.procrustes): min over rotations R and scale s of ||y - s x R||^2,
+    in [0, 1]; 0 for a rotated, scaled and shifted copy.
+
+    When d_x != d_y the smaller is zero-padded to the larger dimension, so R restricted to the
+    smaller space is a semi-orthogonal map (an isometric embedding of the smaller space into the
+    larger); no learned projection is involved.
+    """
+    x, y = _paired(x, y, 2, "Procrustes residual")
+    dim = max(x.shape[1], y.shape[1])
+    x = np.pad(x, ((0, 0), (0, dim - x.shape[1])))
+    y = np.pad(y, ((0, 0), (0, dim - y.shape[1])))
+    if np.ptp(x, axis=0).max() == 0 or np.ptp(y, axis=0).max() == 0:
+        raise LakdError("Procrustes residual: one of the two sets has all rows identical")
+    return float(procrustes(y, x)[2])
+
+
+def _cosine_matrix(x: np.ndarray) -> np.ndarray:
+    unit = normalise_rows(x)
+    return unit @ unit.T
+
+
+def similarity_spearman(x: ArrayLike, y: ArrayLike, *, sample_size: int = 1000, seed: int = 0) -> dict:
+    """Spearman correlation between the pairwise cosine similarities of the same items in x and y
+    (upper triangles), on a seeded random subset of ``sample_size`` items (scipy.stats.spearmanr).
+    ``rho`` is None when either similarity matrix is constant."""
+    x, y = _paired(x, y, 3, "similarity Spearman")
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), min(len(x), sample_size), replace=False))
+    upper = np.triu_indices(len(rows), k=1)
+    a, b = _cosine_matrix(x[rows])[upper], _cosine_matrix(y[rows])[upper]
+    rho = None if np.ptp(a) == 0 or np.ptp(b) == 0 else float(stats.spearmanr(a, b).statistic)
+    return {"rho": rho, "items": len(rows), "pairs": len(a), "seed": seed}
+
+
+def top1(query: np.ndarray, gallery: np.ndarray | None = None, chunk_size: int = 2048) -> np.ndarray:
+    """Index [N] of the highest-cosine gallery row for each raw query row; with no gallery the
+    query set itself is searched, excluding each row itself."""
+    q = normalise_rows(query)
+    g = q if gallery is None else normalise_rows(gallery)
+    best = np.empty(len(q), dtype=np.int64)
+    for start in range(0, len(q), chunk_size):
+        scores = q[start : start + chunk_size] @ g.T
+        if gallery is None:
+            rows = np.arange(scores.shape[0])
+            scores[rows, start + rows] = -np.inf
+        best[start : start + chunk_size] = scores.argmax(axis=1)
+    return best
+
+
+def retrieval_agreement(
+    x: ArrayLike, y: ArrayLike, x_gallery: ArrayLike | None = None, y_gallery: ArrayLike | None = None
+) -> float:
+    """Fraction of queries whose top-1 cosine match is the same item for x (student) and y
+    (reference). Without galleries each set retrieves within itself (self excluded); with
+    galleries (e.g. the texts of the same items) queries retrieve from them (cross-modal)."""
+    x, y = _paired(x, y, 2, "retrieval agreement")
+    if (x_gallery is None) != (y_gallery is None):
+        raise LakdError("retrieval agreement: give galleries for both student and reference, or for neither")
+    if x_gallery is not None:
+        x_gallery, y_gallery = _paired(x_gallery, y_gallery, 1, "retrieval agreement galleries")
+        if x_gallery.shape[1] != x.shape[1] or y_gallery.shape[1] != y.shape[1]:
+            raise LakdError("retrieval agreement: galleries must have the dimension of their queries")
+    return float(np.mean(top1(x, x_gallery) == top1(y, y_gallery)))

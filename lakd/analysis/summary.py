@@ -1,0 +1,37 @@
+"""Summaries of per-item scalars (norms, conformity values): moments, quantiles, histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lakd.analysis.inputs import require_rows
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+def histogram(values: np.ndarray, bins: int = 50, value_range: tuple[float, float] | None = None) -> dict:
+    """``{"edges": [bins + 1], "counts": [bins]}`` from ``numpy.histogram``."""
+    counts, edges = np.histogram(values, bins=bins, range=value_range)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
+
+
+def distribution_stats(values: np.ndarray, name: str, *, bins: int = 50, quantiles=QUANTILES) -> dict:
+    """Mean, unbiased variance, E^2/Var, CV = std/mean, min, max, quantiles and a histogram of
+    1-D ``values`` (N >= 2). Ratios whose denominator is 0 are None, never NaN or Inf."""
+    values = np.asarray(values, dtype=np.float64)
+    require_rows(len(values), 2, name, "a variance")
+    mean, var = float(values.mean()), float(values.var(ddof=1))
+    return {
+        "n": len(values),
+        "mean": mean,
+        "var": var,
+        "mean_sq_over_var": mean**2 / var if var > 0 else None,
+        "cv": float(np.sqrt(var) / mean) if mean != 0 else None,
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "quantiles": {
+            f"q{round(q * 100):02d}": float(v)
+            for q, v in zip(quantiles, np.quantile(values, quantiles), strict=True)
+        },
+        "histogram": histogram(values, bins),
+    }
