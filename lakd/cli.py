@@ -259,6 +259,73 @@ class _LevelPrefixFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
+# ---- whiten -------------------------------------------------------------------------------------
+
+whiten_app = typer.Typer(
+    help="Fit and apply whitening statistics of an embedding store.", no_args_is_help=True
+)
+app.add_typer(whiten_app, name="whiten")
+
+Method = Annotated[str, typer.Option("--method", help="zca (symmetric) or pca.")]
+
+
+@whiten_app.command("fit")
+def whiten_fit(
+    embeddings: Annotated[Path, typer.Option("--embeddings", help="Embedding store folder (lakd embed).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="NAME.safetensors: writes NAME.image.safetensors, NAME.text.safetensors."),
+    ],
+    modality: Annotated[
+        list[str] | None, typer.Option("--modality", help="image and/or text (repeatable; default both).")
+    ] = None,
+    method: Method = "zca",
+    eps: Annotated[
+        float, typer.Option("--eps", min=0.0, help="Ridge, relative to the mean eigenvalue.")
+    ] = 1e-6,
+    shrinkage: Annotated[
+        str | None, typer.Option("--shrinkage", help="ledoit_wolf or oas (scikit-learn), default none.")
+    ] = None,
+    rank: Annotated[int | None, typer.Option("--rank", min=1, help="Keep the top RANK axes.")] = None,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows (with a count) instead of failing.")
+    ] = False,
+) -> None:
+    """Fit per-modality whitening statistics (float64, eigh) on an embedding store."""
+    from lakd.whiten import MODALITIES, WhitenFitConfig, fit_store_whitening
+
+    cfg = WhitenFitConfig(
+        embeddings=str(embeddings),
+        out=str(out),
+        modalities=tuple(modality or MODALITIES),
+        method=method,
+        eps=eps,
+        shrinkage=shrinkage,
+        rank=rank,
+        allow_nonfinite=allow_nonfinite,
+    )
+    for name, path in fit_store_whitening(cfg).items():
+        typer.echo(f"{name}: {path}")
+
+
+@whiten_app.command("apply")
+def whiten_apply(
+    embeddings: Annotated[Path, typer.Option("--embeddings", help="Embedding store to whiten.")],
+    stats: Annotated[
+        Path, typer.Option("--stats", help="NAME.safetensors given to `lakd whiten fit --out`.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New embedding store with whitened embeddings.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Write a whitened copy of an embedding store, y = (x - mu) W per modality."""
+    from lakd.whiten import WhitenApplyConfig, apply_store_whitening
+
+    store = apply_store_whitening(
+        WhitenApplyConfig(embeddings=str(embeddings), stats=str(stats), out=str(out), overwrite=overwrite)
+    )
+    typer.echo(f"wrote {store.n_items} items / {store.n_texts} captions, whitened, to {out}")
+
+
 def _configure_logging(debug: bool) -> None:
     """Library log lines (skipped images, truncated captions, ...) as ``warning: ...`` on stderr."""
 

@@ -14,7 +14,7 @@ from lakd.cli import app, main
 from lakd.errors import LakdError
 
 # Commands that exist today; a command that is not built yet must not appear in --help.
-BUILT_COMMANDS = {"data", "embed", "demo", "eval"}
+BUILT_COMMANDS = {"data", "embed", "demo", "eval", "whiten"}
 
 
 def _command_names() -> set[str]:
