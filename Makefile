@@ -26,6 +26,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/shapes_throughput.py
+	$(BIN)/python benchmarks/analysis_speed.py
+	$(BIN)/python benchmarks/loss_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

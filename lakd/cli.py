@@ -335,7 +335,6 @@ def _configure_logging(debug: bool) -> None:
         handler._lakd_cli = True  # type: ignore[attr-defined]
         handler.setFormatter(_LevelPrefixFormatter())
         logger.addHandler(handler)
-        logger.propagate = False
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
@@ -350,9 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # click's own exit: help, usage errors, normal completion
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    except LakdError as err:
+    except (LakdError, OSError) as err:  # OSError: unwritable output folder, full disk, ...
         if debug:
             raise
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {_one_line(err)}", err=True)
         return 1
     return 0
+
+
+def _one_line(err: Exception) -> str:
+    """The message of a LakdError, or ``<file>: <reason>`` for an operating-system error."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split())

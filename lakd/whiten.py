@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from lakd.analysis.whitening import WhiteningStats, fit_whitening, whiten
@@ -139,6 +140,12 @@ def apply_store_whitening(cfg: WhitenApplyConfig) -> EmbeddingStore:
         shard_file = source.path / entry["file"]
         header = read_shard_header(shard_file)
         tensors = load_file(str(shard_file))
+        for key in ("image", "text"):
+            bad = int((~torch.isfinite(tensors[key])).any(dim=1).sum())
+            if bad:
+                raise LakdError(
+                    f"{shard_file}: {bad} {key} row(s) contain NaN/Inf; re-embed them before whitening the store"
+                )
         writer.write(
             index,
             ShardData(

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -144,7 +143,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (foreign / "keep.txt").read_text() == "x"
 
 
-def test_no_half_written_output_on_failure(tmp_path):
+def test_no_half_written_output_on_failure(tmp_path, capsys):
+    # every image of the data set is missing: the store is started, then removed when nothing is usable
+    (tmp_path / "c.csv").write_text("filepath\ttitle\nnope.png\ta thing\nnada.png\tanother\n")
     out = tmp_path / "emb"
-    main(["embed", "--model", "lakd:does-not-exist", "--data", "shapes:val?n=4", "--out", str(out)])
-    assert not out.exists() or not any(Path(out).iterdir())
+    rc = main(["embed", "--model", "lakd:tiny-vit", "--data", str(tmp_path / "c.csv"), "--out", str(out)])
+    assert rc == 1
+    assert "no readable image" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unwritable_output_is_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = main(["data", "shapes", "--out", str(blocker / "sub"), "--n", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and str(blocker) in err

@@ -108,7 +108,7 @@ def test_csv_missing_column_names_file_column_and_found_columns(tmp_path):
 )
 def test_csv_wrong_separator_gets_a_hint(tmp_path, header, sep, looks):
     spec = write_csv(tmp_path / "c.csv", f"{header}\nrow\n")
-    with pytest.raises(LakdError, match=rf"missing column.*looks {looks}-separated.*--csv-sep"):
+    with pytest.raises(LakdError, match=rf"missing column.*looks {looks}-separated.*--csv-separator\b"):
         open_source(spec, SourceOptions(csv_sep=sep))
 
 

@@ -171,3 +171,20 @@ def test_cli_fit_and_apply(store, tmp_path, capsys):
         == 0
     )
     assert "600 items" in capsys.readouterr().out
+
+
+def test_apply_refuses_nonfinite_rows(store, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path, *_ = store
+    w = tmp_path / "w.safetensors"
+    fit_store_whitening(WhitenFitConfig(str(path), str(w)))
+    shard = path / "shard-00001.safetensors"
+    with safe_open(str(shard), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(shard))
+    tensors["text"][3, 0] = float("nan")
+    save_file(tensors, str(shard), metadata=metadata)
+    with pytest.raises(LakdError, match=r"shard-00001.safetensors: 1 text row\(s\) contain NaN/Inf"):
+        apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(tmp_path / "white")))

@@ -35,7 +35,7 @@ an interrupted run is recognised and resumed by rerunning ``lakd embed``.
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +48,8 @@ from safetensors.torch import save_file
 import lakd
 from lakd.errors import LakdError
 from lakd.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lakd-embeddings"
 VERSION = 1
@@ -746,10 +748,9 @@ class EmbeddingStore:
             if not item_keep.all() or not text_keep.all():
                 shard.item_keep, shard.text_keep = item_keep, text_keep
         if self.n_dropped_items or self.n_dropped_texts:
-            warnings.warn(
+            log.warning(
                 f"{self.path}: dropped {self.n_dropped_items} item(s) and {self.n_dropped_texts} caption(s) "
-                "with NaN/Inf embeddings (--allow-nonfinite)",
-                stacklevel=3,
+                "with NaN/Inf embeddings (--allow-nonfinite)"
             )
 
 

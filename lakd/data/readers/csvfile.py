@@ -57,7 +57,7 @@ def _separator_hint(columns: list[str], sep: str) -> str:
         return ""
     for other, name in SEPARATOR_NAMES.items():
         if other != sep and other in columns[0]:
-            return f"; the header looks {name}-separated, set the CSV separator (--csv-sep) accordingly"
+            return f"; the header looks {name}-separated, set the CSV separator (--csv-separator) accordingly"
     return ""
 
 
