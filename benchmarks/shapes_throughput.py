@@ -2,8 +2,8 @@
 
 Each measurement is a function returning a JSON-able dict, registered in ``MEASUREMENTS`` under the
 key it writes. ``main()`` runs the selected measurements and merges them into
-``benchmarks/results/shapes_throughput.json`` together with ``machine`` info; keys written by
-other measurements are kept. To add one, write a function and add it to ``MEASUREMENTS``.
+``benchmarks/results/shapes_throughput.json``, each with the ``machine`` info (load average
+included) of its own run; keys written by other measurements are kept. To add one, write a function and add it to ``MEASUREMENTS``.
 
     python benchmarks/shapes_throughput.py                 # all measurements
     python benchmarks/shapes_throughput.py --only shapes_single_process
@@ -119,10 +119,44 @@ def embed_tiny_vit(n: int = 1024, batch_size: int = 64) -> dict[str, Any]:
     }
 
 
+def train_step(spec: str, batch_size: int = 64, steps: int = 10) -> dict[str, Any]:
+    """Median seconds of one CLIP training step (both towers forward, symmetric InfoNCE via
+    open_clip's ClipLoss, backward, AdamW) of a shipped tiny model on shapes-world batches."""
+    import open_clip
+
+    from lakd.models import load_model
+
+    model, preprocess, tokenizer = load_model(spec)
+    model.train()
+    world = ShapesWorld("train", n=batch_size)
+    items = [world[i] for i in range(batch_size)]
+    images = torch.stack([preprocess(item.image) for item in items])
+    tokens = tokenizer([item.captions[0] for item in items])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = open_clip.ClipLoss()
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        image_features, text_features, logit_scale = model(images, tokens)[:3]
+        loss_fn(image_features, text_features, logit_scale).backward()
+        optimizer.step()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    return {
+        "median_step_s": round(float(np.median(times)), 4),
+        "batch_size": batch_size,
+        "steps": steps,
+        "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+    }
+
+
 MEASUREMENTS: dict[str, Callable[[], dict[str, Any]]] = {
     "shapes_single_process": shapes_single_process,
     "shapes_dataloader_2_workers": shapes_dataloader,
     "embed_tiny_vit": embed_tiny_vit,
+    "train_step_tiny_vit": lambda: train_step("lakd:tiny-vit"),
+    "train_step_tiny_resnet": lambda: train_step("lakd:tiny-resnet"),
 }
 
 
@@ -133,14 +167,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to merge results into")
     args = parser.parse_args(argv)
-    machine = machine_info()  # before running, so the load average describes the conditions
     results: dict[str, Any] = {}
     if args.out.is_file():
         results = json.loads(args.out.read_text(encoding="utf-8"))
     for name in args.only or MEASUREMENTS:
-        results[name] = MEASUREMENTS[name]()
+        machine = machine_info()  # before running, so the load average describes the conditions
+        results[name] = {**MEASUREMENTS[name](), "machine": machine}
         print(f"{name}: {results[name]}")
-    results["machine"] = machine
+    results.pop("machine", None)  # older files kept one record for all measurements
     write_json(args.out, results)
     print(f"wrote {args.out}")
     return results
