@@ -165,6 +165,35 @@ def test_probes_on_shapes_probes(tmp_path):
         )
 
 
+def class_image_folder(root: Path) -> Path:
+    """3 classes x 4 images, one colour per class; ``red_fox`` checks that underscores become spaces."""
+    colours = {"blue_whale": (20, 40, 200), "red_fox": (200, 60, 20), "tree": (30, 160, 40)}
+    for c, (name, colour) in enumerate(colours.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            image = Image.new("RGB", (40, 32), colour)
+            image.paste((255, 255, 255), (4 * i, 4 * c, 4 * i + 10, 4 * c + 10))
+            image.save(root / name / f"{i}.png")
+    return root
+
+
+def test_zeroshot_on_an_image_folder(tmp_path):
+    folder = class_image_folder(tmp_path / "images")
+    out = tmp_path / "folder.json"
+    records = evaluate(EvalConfig(model="lakd:tiny-vit", data=str(folder), out=str(out)))
+    assert list(records) == ["zeroshot"]  # captions are the class prompts: no retrieval benchmark
+    saved = json.loads(out.read_text())
+    assert CLIP_BENCHMARK_KEYS <= set(saved) and saved["task"] == "zeroshot_classification"
+    assert saved["dataset"] == str(folder)
+    metrics = saved["metrics"]
+    assert 0.0 <= metrics["acc1"] <= 1.0 and 0.0 <= metrics["mean_per_class_recall"] <= 1.0
+    assert metrics["acc5"] is None  # 3 classes: fewer than 5
+    details = saved["lakd"]
+    assert details["classnames"] == ["blue whale", "red fox", "tree"]
+    assert details["n_items"] == 12 and details["n_classes"] == 3
+    assert any("acc5 is null" in note for note in details["notes"])
+
+
 def test_changed_checkpoint_is_embedded_again(tmp_path, monkeypatch):
     model, _, _ = load_model("lakd:tiny-vit")
     ckpt = save_checkpoint(model, tmp_path / "student.pt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -12,10 +13,17 @@ import torch
 from lakd.data.shapes import ShapesWorld, export_shapes
 from lakd.data.sources import open_source
 from lakd.errors import LakdError
+from lakd.eval.inputs import EvalInputs
 from lakd.eval.probes import probe_choices, probe_conditions, probe_metrics
 from lakd.eval.retrieval import retrieval_metrics, retrieval_ranks
-from lakd.eval.tasks import agreement
-from lakd.eval.zeroshot import embed_class_prompts, zeroshot_classifier, zeroshot_metrics
+from lakd.eval.tasks import agreement, run_retrieval
+from lakd.eval.ties import text_keys
+from lakd.eval.zeroshot import (
+    embed_class_prompts,
+    zeroshot_classifier,
+    zeroshot_metrics,
+    zeroshot_predictions,
+)
 from lakd.models import load_model
 
 
@@ -84,29 +92,49 @@ def test_a_known_permutation_of_captions_gives_known_ranks():
 
 
 def reference_ranks(image, text, text_item):
-    """Brute force: sort every row of the full similarity matrix."""
+    """Brute force: sort every row of the full similarity matrix, positives last among equal scores
+    (the pessimistic tie rule), and take the position of the first positive."""
     img = torch.nn.functional.normalize(image, dim=-1)
     txt = torch.nn.functional.normalize(text, dim=-1)
     sims = (img @ txt.T).numpy()
+    items = text_item.numpy()
     i2t = []
     for i in range(len(img)):
-        order = np.argsort(-sims[i], kind="stable")
-        positive = (text_item.numpy() == i)[order]
+        order = np.lexsort((items == i, -sims[i]))  # by score, then non-positives first
+        positive = (items == i)[order]
         if positive.any():
             i2t.append(int(np.argmax(positive)) + 1)
-    t2i = [
-        int(np.where(np.argsort(-sims[:, j], kind="stable") == int(text_item[j]))[0][0]) + 1
-        for j in range(len(txt))
-    ]
+    t2i = []
+    for j in range(len(txt)):
+        own = np.arange(len(img)) == items[j]
+        t2i.append(int(np.argmax(own[np.lexsort((own, -sims[:, j]))])) + 1)
     return i2t, t2i
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ranks_match_a_brute_force_reference(seed):
+def random_embeddings(seed):
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(30, 12, generator=g)
     text_item = torch.randint(0, 30, (70,), generator=g)  # some images get no caption, some several
     text = image[text_item] + 1.5 * torch.randn(70, 12, generator=g)
+    return image, text, text_item
+
+
+def tied_embeddings(seed):
+    """One-hot embeddings in 3 directions: cosines are exactly 0 or 1, so most scores tie."""
+    g = torch.Generator().manual_seed(seed)
+    eye = torch.eye(4)
+    text_item = torch.randint(0, 20, (40,), generator=g)
+    return (
+        eye[torch.randint(0, 3, (20,), generator=g)],
+        eye[torch.randint(0, 3, (40,), generator=g)],
+        text_item,
+    )
+
+
+@pytest.mark.parametrize("make", [random_embeddings, tied_embeddings])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ranks_match_a_brute_force_reference(make, seed):
+    image, text, text_item = make(seed)
     ranks = retrieval_ranks(image, text, text_item, chunk_size=7)
     i2t, t2i = reference_ranks(image, text, text_item)
     assert ranks.image_to_text.tolist() == i2t
@@ -124,6 +152,90 @@ def test_retrieval_bad_input():
 def test_teacher_agreement_counts_equal_picks():
     assert agreement(torch.tensor([1, 0, 3, 2]), torch.tensor([1, 0, 3, 2])) == 1.0
     assert agreement(torch.tensor([1, 0, 3, 2]), torch.tensor([1, 2, 3, 0])) == 0.5
+    assert agreement(torch.tensor([-1, -1, 3, 2]), torch.tensor([-1, 0, 3, 2])) == 0.5  # a tie never agrees
+
+
+# ---- ties count against the model ------------------------------------------------------------------
+
+
+def test_collapsed_embeddings_get_the_worst_ranks_and_no_picks():
+    """Every score equal: each image's best caption ranks behind all 18 other captions, each
+    caption's image behind all 9 other images, and no top-1 pick exists."""
+    ranks = retrieval_ranks(torch.ones(10, 4), torch.ones(20, 4), torch.arange(20) % 10)
+    assert ranks.image_to_text.tolist() == [19] * 10
+    assert ranks.text_to_image.tolist() == [10] * 20
+    assert ranks.image_to_text_top1.tolist() == [-1] * 10
+    assert ranks.text_to_image_top1.tolist() == [-1] * 20
+    metrics = retrieval_metrics(ranks)
+    for k in (1, 5, 10):
+        assert metrics[f"text_retrieval_recall@{k}"] == 0.0
+    assert metrics["image_retrieval_recall@1"] == metrics["image_retrieval_recall@5"] == 0.0
+    assert metrics["image_retrieval_recall@10"] == 1.0  # 10 images: every one is within the top 10
+    assert metrics["text_retrieval_mean_rank"] == metrics["text_retrieval_median_rank"] == 19.0
+    assert metrics["image_retrieval_mean_rank"] == metrics["image_retrieval_median_rank"] == 10.0
+    assert agreement(ranks.image_to_text_top1, ranks.image_to_text_top1) == 0.0
+
+
+# Images A=A'=e0 (a duplicate), C=e1, D=e2, E=e3; captions t0=e0 (A), t1=e1 (A'), t2=e1 (C), t3=e2 (D),
+# t4=e0 (D), t5=e3 (E). t1 and t2 have the same text; t0 and t4 have different texts.
+TIED_IMAGES = torch.eye(4)[[0, 0, 1, 2, 3]]
+TIED_TEXTS = torch.eye(4)[[0, 1, 1, 2, 0, 3]]
+TIED_TEXT_ITEM = torch.tensor([0, 1, 2, 3, 3, 4])
+TIED_CAPTIONS = ["a dog", "a cat", "a cat", "a bird", "a puppy", "a fish"]
+
+
+def test_partial_ties_give_hand_computed_pessimistic_ranks():
+    ranks = retrieval_ranks(TIED_IMAGES, TIED_TEXTS, TIED_TEXT_ITEM, text_key=text_keys(TIED_CAPTIONS))
+    # image -> text: A ties with D's t4; A' (score 0) trails t0, t4 and ties t2, t3, t5; C ties with
+    # A''s t1; D's t3 and E's t5 are ahead of everything else
+    assert ranks.image_to_text.tolist() == [2, 6, 2, 1, 1]
+    # text -> image: t0 ties A with A'; t1 (score 0 with A') trails C, ties A, D, E; t4 likewise for D
+    assert ranks.text_to_image.tolist() == [2, 5, 1, 1, 5, 1]
+    # picks: A and A' tie t0 with t4 (two texts): none; C's tie t1/t2 is one text (key: its first caption)
+    assert ranks.image_to_text_top1.tolist() == [-1, -1, 1, 3, 5]
+    assert ranks.text_to_image_top1.tolist() == [-1, 2, 2, 3, -1, 4]
+    metrics = retrieval_metrics(ranks)
+    assert metrics["text_retrieval_recall@1"] == pytest.approx(2 / 5)
+    assert metrics["image_retrieval_recall@1"] == pytest.approx(3 / 6)
+    assert metrics["text_retrieval_mean_rank"] == pytest.approx(12 / 5)
+    assert metrics["image_retrieval_mean_rank"] == pytest.approx(15 / 6)
+    # without caption texts every caption is its own candidate: tied captions leave no pick
+    plain = retrieval_ranks(TIED_IMAGES, TIED_TEXTS, TIED_TEXT_ITEM)
+    assert plain.image_to_text_top1.tolist() == [-1, -1, -1, 3, 5]
+    assert torch.equal(plain.image_to_text, ranks.image_to_text)
+
+
+def retrieval_inputs(image, text, text_item, captions):
+    return EvalInputs(
+        model="m",
+        source="s",
+        path=Path("store"),
+        image=image,
+        text=text,
+        text_item=text_item,
+        ids=[str(i) for i in range(image.shape[0])],
+        captions=captions,
+        labels=None,
+        classnames=None,
+        class_prompts=None,
+        conditions=None,
+    )
+
+
+def test_retrieval_teacher_agreement_ignores_ties_but_not_identical_captions():
+    model = retrieval_inputs(TIED_IMAGES, TIED_TEXTS, TIED_TEXT_ITEM, TIED_CAPTIONS)
+    itself = run_retrieval(model, model).metrics
+    # the model agrees with itself wherever it has a pick: 3 of 5 images, 4 of 6 captions
+    assert itself["teacher_agreement_text_retrieval"] == pytest.approx(3 / 5)
+    assert itself["teacher_agreement_image_retrieval"] == pytest.approx(4 / 6)
+    collapsed = retrieval_inputs(torch.ones(5, 4), torch.ones(6, 4), TIED_TEXT_ITEM, TIED_CAPTIONS)
+    for teacher in (collapsed, model):
+        metrics = run_retrieval(collapsed, teacher).metrics
+        assert metrics["teacher_agreement_text_retrieval"] == 0.0
+        assert metrics["teacher_agreement_image_retrieval"] == 0.0
+    other = retrieval_inputs(TIED_IMAGES, TIED_TEXTS, TIED_TEXT_ITEM, ["x"] * 6)
+    with pytest.raises(LakdError, match="teacher's captions differ"):
+        run_retrieval(model, other)
 
 
 # ---- zero-shot -----------------------------------------------------------------------------------
@@ -176,6 +288,24 @@ def test_zeroshot_fewer_than_five_classes_has_nan_top5_and_skips_unlabelled():
     assert result.n_items == 3
     assert any("acc5 is null" in note for note in result.notes)
     assert any("1 unlabelled" in note for note in result.notes)
+
+
+def test_zeroshot_ties_count_against_the_model():
+    """Six classes. Image 0 ties its true class with one other (rank 2: a top-5 hit, not top-1);
+    image 1 scores every class the same (rank 6: no hit); image 2 is right."""
+    eye = torch.eye(6)
+    images = torch.stack([eye[0] + eye[1], torch.ones(6), eye[2]])
+    labels = torch.tensor([1, 3, 2])
+    result = zeroshot_metrics(images, eye, labels)
+    assert result.predictions.tolist() == [-1, -1, 2]
+    assert result.metrics["acc1"] == pytest.approx(1 / 3)
+    assert result.metrics["acc5"] == pytest.approx(2 / 3)
+    assert result.metrics["mean_per_class_recall"] == pytest.approx(1 / 3)
+    collapsed = zeroshot_metrics(torch.ones(12, 4), torch.ones(6, 4), torch.arange(12) % 6)
+    assert collapsed.metrics == {"acc1": 0.0, "acc5": 0.0, "mean_per_class_recall": 0.0}
+    teacher = zeroshot_predictions(torch.ones(12, 4), zeroshot_classifier(torch.ones(6, 1, 4)))
+    assert teacher.tolist() == [-1] * 12
+    assert agreement(collapsed.predictions, teacher) == 0.0
 
 
 def test_zeroshot_bad_labels():
@@ -240,7 +370,7 @@ def test_word_order_blind_model_is_at_chance_on_binding_and_relation_probes():
     assert metrics["acc_spatial"] == pytest.approx(0.5) == pytest.approx(metrics["chance_spatial"])
     assert metrics["acc"] == pytest.approx((1 + 1 / 3 + 0.5 + 0.5) / 4)
     assert metrics["chance"] == pytest.approx((1 / 3 + 1 / 3 + 0.5 + 0.5) / 4)
-    assert choices.choice.tolist() == [0, 0, 0, 0]  # the first of tied captions is the pick
+    assert choices.choice.tolist() == [0, -1, -1, -1]  # tied captions leave no pick
 
 
 def test_word_order_blind_model_on_shapes_binding_probes():
@@ -250,6 +380,13 @@ def test_word_order_blind_model_on_shapes_binding_probes():
     metrics = probe_metrics(choices, [item.meta["condition"] for item in items])
     assert metrics["acc_binding"] == pytest.approx(0.5) == metrics["chance_binding"]  # colours swapped
     assert metrics["acc_basic"] == 1.0  # a different word is visible to a bag of words
+
+
+def test_collapsed_probes_score_chance_and_never_agree():
+    choices = probe_choices(torch.ones(3, 4), torch.ones(9, 4), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    assert choices.score.tolist() == pytest.approx([1 / 3] * 3)  # chance, never a perfect score
+    assert choices.choice.tolist() == [-1, -1, -1]
+    assert agreement(choices.choice, choices.choice) == 0.0
 
 
 def test_probe_choices_position_and_errors():

@@ -6,8 +6,10 @@ Each probe item holds its true caption first and ``k`` false ones after it (the 
 the image; when ``t`` captions tie for the highest score and the true one is among them it scores
 ``1/t`` (the expected accuracy of a random tie-break), so a model that cannot tell the captions
 apart, e.g. one that ignores word order on a word-order probe, scores exactly chance,
-``1/(k+1)``. Metric names: clip_benchmark's ``acc`` (its ``image_caption_selection`` task), plus
-``acc_<condition>``, ``chance`` and ``chance_<condition>``.
+``1/(k+1)`` (a collapsed model too: never more). The pick compared with a teacher's is -1 on such
+a tie, and a -1 pick never agrees (:mod:`lakd.eval.ties`). Metric names: clip_benchmark's ``acc``
+(its ``image_caption_selection`` task), plus ``acc_<condition>``, ``chance`` and
+``chance_<condition>``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import torch.nn.functional as F
 
 from lakd.data.shapes import ShapesFolder, ShapesProbes
 from lakd.errors import LakdError
+from lakd.eval.ties import NO_PICK
 
 
 @dataclass
 class ProbeChoices:
     """Per probe item: ``score`` [N] (1, 0 or 1/t on ties), ``choice`` [N] the position of the
-    top-scoring caption within the item's captions (0 = the true one), ``n_captions`` [N]."""
+    top-scoring caption within the item's captions (0 = the true one; -1 when several captions share
+    the highest score, so ties never count as teacher agreement), ``n_captions`` [N]."""
 
     score: torch.Tensor
     choice: torch.Tensor
@@ -59,7 +63,8 @@ def probe_choices(image: torch.Tensor, text: torch.Tensor, text_item: torch.Tens
     )
     true_wins = sims[first] == best
     score = torch.where(true_wins, 1.0 / n_tied, torch.zeros_like(n_tied))
-    return ProbeChoices(score.cpu(), (chosen - first).cpu(), n_captions.cpu())
+    choice = torch.where(n_tied > 1, NO_PICK, chosen - first)
+    return ProbeChoices(score.cpu(), choice.cpu(), n_captions.cpu())
 
 
 def probe_metrics(choices: ProbeChoices, conditions: list[str]) -> dict[str, float]:

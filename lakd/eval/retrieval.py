@@ -2,10 +2,15 @@
 
 The standard multi-caption protocol (CLIP, clip_benchmark): text -> image ("image retrieval") has
 one positive image per caption; image -> text ("text retrieval") counts a hit when any of the
-image's captions is retrieved. Ranks are 1-based: for image -> text, the rank of the image's best
-positive caption (1 + the number of other images' captions scoring strictly higher); for text ->
-image, 1 + the number of other images scoring strictly higher than the caption's own image.
-Similarities are cosines; the score matrix is built in chunks of rows.
+image's captions is retrieved. Similarities are cosines; the score matrix is built in chunks of rows.
+
+Ranks are 1-based and ties count against the model (:mod:`lakd.eval.ties`): for image -> text, the
+rank of the image's best positive caption is 1 + the number of NON-positive captions scoring >= that
+caption; for text -> image, 1 + the number of other images scoring >= the caption's own image. So a
+collapsed model (every score equal) gets the worst ranks, not perfect recall: with N images and M
+captions each image ranks M - (its captions) + 1 and each caption ranks N. Top-1 picks are -1 when
+the highest score is shared (with ``text_key``, captions of identical text count as one), so ties never count
+as teacher agreement.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lakd.errors import LakdError
+from lakd.eval.ties import pessimistic_rank, unique_top1
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 
@@ -27,7 +33,8 @@ class RetrievalRanks:
 
     ``image_to_text`` [N'] rank of the best positive caption of each image that has captions
     (``images_with_captions`` [N'] their rows); ``text_to_image`` [M] rank of each caption's image;
-    ``image_to_text_top1`` [N'] and ``text_to_image_top1`` [M] the top-scoring text / image.
+    ``image_to_text_top1`` [N'] and ``text_to_image_top1`` [M] the top-scoring caption (its key, see
+    :func:`retrieval_ranks`) / image, -1 where the highest score is shared.
     """
 
     image_to_text: torch.Tensor
@@ -38,9 +45,17 @@ class RetrievalRanks:
 
 
 def retrieval_ranks(
-    image: torch.Tensor, text: torch.Tensor, text_item: torch.Tensor, chunk_size: int = 1024
+    image: torch.Tensor,
+    text: torch.Tensor,
+    text_item: torch.Tensor,
+    chunk_size: int = 1024,
+    text_key: torch.Tensor | None = None,
 ) -> RetrievalRanks:
-    """Ranks of ``image`` [N, d] against ``text`` [M, d]; ``text_item`` [M] is each caption's image row."""
+    """Ranks of ``image`` [N, d] against ``text`` [M, d]; ``text_item`` [M] is each caption's image row.
+
+    ``text_key`` [M] (default: every caption its own row) names the captions for top-1 picks; captions
+    of identical text share one (:func:`~lakd.eval.ties.text_keys`), so their tie leaves one pick.
+    """
     if image.shape[1] != text.shape[1]:
         raise LakdError(f"retrieval: image dim {image.shape[1]} differs from text dim {text.shape[1]}")
     if text.shape[0] == 0:
@@ -56,18 +71,17 @@ def retrieval_ranks(
     t2i_rank, t2i_top1 = [], []
     for start in range(0, texts.shape[0], chunk_size):
         scores = texts[start : start + chunk_size] @ images.T  # [c, N]
-        own = scores.gather(1, text_item[start : start + chunk_size, None])
-        t2i_rank.append(1 + (scores > own).sum(dim=1))
-        t2i_top1.append(scores.argmax(dim=1))
+        own = F.one_hot(text_item[start : start + chunk_size], n_images).bool()
+        t2i_rank.append(pessimistic_rank(scores, own))
+        t2i_top1.append(unique_top1(scores))
 
     i2t_rank, i2t_top1 = [], []
     for start in range(0, rows.shape[0], chunk_size):
         chunk = rows[start : start + chunk_size]
         scores = images[chunk] @ texts.T  # [c, M]
         positive = text_item[None, :] == chunk[:, None]
-        best = scores.masked_fill(~positive, -torch.inf).max(dim=1, keepdim=True).values
-        i2t_rank.append(1 + ((scores > best) & ~positive).sum(dim=1))
-        i2t_top1.append(scores.argmax(dim=1))
+        i2t_rank.append(pessimistic_rank(scores, positive))
+        i2t_top1.append(unique_top1(scores, text_key))
 
     return RetrievalRanks(
         image_to_text=torch.cat(i2t_rank).cpu(),

@@ -2,7 +2,10 @@
 
 Each task reads :class:`~lakd.eval.inputs.EvalInputs` (and a teacher's, for teacher agreement:
 the fraction of items where the student's top-1 pick equals the teacher's) and returns
-clip_benchmark-named metrics plus details for the result file.
+clip_benchmark-named metrics plus details for the result file. A top-1 pick exists only when one
+candidate holds the highest score alone (captions of identical text count as one); an item where
+either model ties for its top-1 does not agree (:func:`~lakd.eval.ties.agreement`), so a collapsed
+student agrees with nothing, not even a collapsed teacher, and a model agrees fully with itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from lakd.errors import LakdError
 from lakd.eval.inputs import EvalInputs
 from lakd.eval.probes import probe_choices, probe_metrics
 from lakd.eval.retrieval import retrieval_metrics, retrieval_ranks
+from lakd.eval.ties import agreement, text_keys
 from lakd.eval.zeroshot import zeroshot_classifier, zeroshot_metrics, zeroshot_predictions
 
 
@@ -44,11 +48,6 @@ TASKS: dict[str, Task] = {}
 def register_task(task: Task) -> Task:
     TASKS[task.name] = task
     return task
-
-
-def agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
-    """Fraction of positions where two top-1 picks agree."""
-    return float((student.cpu() == teacher.cpu()).double().mean())
 
 
 # ---- zero-shot classification ----------------------------------------------------------------
@@ -81,10 +80,11 @@ def run_zeroshot(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
         picks = zeroshot_predictions(
             teacher.image[labelled.to(teacher.image.device)], _classifier(teacher, "the teacher")
         )
-        metrics["teacher_agreement"] = agreement(result.predictions, picks[:, 0])
+        metrics["teacher_agreement"] = agreement(result.predictions, picks)
     details = {
         "n_items": result.n_items,
         "n_classes": result.n_classes,
+        "classnames": inputs.classnames,
         "templates": inputs.class_prompts.templates,
         "notes": result.notes,
     }
@@ -111,10 +111,13 @@ def _retrieval_in_all(inputs: EvalInputs) -> bool:
 
 
 def run_retrieval(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
-    ranks = retrieval_ranks(inputs.image, inputs.text, inputs.text_item)
+    keys = text_keys(inputs.captions)
+    ranks = retrieval_ranks(inputs.image, inputs.text, inputs.text_item, text_key=keys)
     metrics = retrieval_metrics(ranks)
     if teacher is not None:
-        theirs = retrieval_ranks(teacher.image, teacher.text, teacher.text_item)
+        if teacher.captions != inputs.captions:
+            raise LakdError(f"{teacher.path}: the teacher's captions differ from the student's")
+        theirs = retrieval_ranks(teacher.image, teacher.text, teacher.text_item, text_key=keys)
         metrics["teacher_agreement_image_retrieval"] = agreement(
             ranks.text_to_image_top1, theirs.text_to_image_top1
         )

@@ -5,6 +5,10 @@ each prompt embedding is L2-normalised, the prompts of a class are averaged, and
 renormalised. Images are L2-normalised and classified by cosine similarity. Metric names follow
 clip_benchmark: ``acc1``, ``acc5`` (NaN when there are fewer than 5 classes, as in clip_benchmark)
 and ``mean_per_class_recall`` (scikit-learn's balanced accuracy).
+
+Ties count against the model (:mod:`lakd.eval.ties`): an image is a top-k hit when fewer than k
+other classes score >= its true class, and its top-1 prediction is -1 (no class, never correct)
+when the highest score is shared, so a collapsed model scores 0, not the share of class 0.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sklearn.metrics import balanced_accuracy_score
 from lakd.embed import embed_texts
 from lakd.errors import LakdError
 from lakd.eval.templates import class_prompts_text
+from lakd.eval.ties import pessimistic_rank, unique_top1
 
 TOP_K = 5
 
@@ -40,8 +45,8 @@ def zeroshot_classifier(prompts: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ZeroShotResult:
-    """``metrics`` (clip_benchmark names), ``predictions`` [n] top-1 class of each labelled image and
-    ``n_items`` / ``n_classes`` / ``notes`` describing what was measured."""
+    """``metrics`` (clip_benchmark names), ``predictions`` [n] top-1 class of each labelled image
+    (-1 on a tie) and ``n_items`` / ``n_classes`` / ``notes`` describing what was measured."""
 
     metrics: dict[str, float]
     predictions: torch.Tensor
@@ -50,10 +55,14 @@ class ZeroShotResult:
     notes: list[str]
 
 
-def zeroshot_predictions(image: torch.Tensor, classifier: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """Indices [N, k] of the ``k`` classes most similar to each image (cosine)."""
-    logits = F.normalize(image.float(), dim=-1) @ classifier.to(image.device).T
-    return logits.topk(min(k, classifier.shape[0]), dim=1).indices
+def zeroshot_logits(image: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities [N, C] of ``image`` [N, d] to the class weights ``classifier`` [C, d]."""
+    return F.normalize(image.float(), dim=-1) @ classifier.to(image.device).T
+
+
+def zeroshot_predictions(image: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """Top-1 class [N] of each image, -1 where the highest score is shared by several classes."""
+    return unique_top1(zeroshot_logits(image, classifier))
 
 
 def zeroshot_metrics(image: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor) -> ZeroShotResult:
@@ -72,19 +81,19 @@ def zeroshot_metrics(image: torch.Tensor, classifier: torch.Tensor, labels: torc
             f"zero-shot classification: image dim {image.shape[1]} differs from class-prompt dim {classifier.shape[1]}"
         )
     target = labels[labelled].to(image.device)
-    topk = zeroshot_predictions(image[labelled], classifier, TOP_K)
-    hits = topk == target[:, None]
+    logits = zeroshot_logits(image[labelled], classifier)
+    rank = pessimistic_rank(logits, F.one_hot(target, n_classes).bool())
     notes = []
     if n_classes >= TOP_K:
-        acc5 = float(hits.any(dim=1).double().mean())
+        acc5 = float((rank <= TOP_K).double().mean())
     else:
         acc5 = math.nan
         notes.append(f"acc5 is null: only {n_classes} classes (fewer than {TOP_K})")
-    pred = topk[:, 0].cpu()
+    pred = unique_top1(logits).cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
         recall = float(balanced_accuracy_score(target.cpu().numpy(), pred.numpy()))
-    metrics = {"acc1": float(hits[:, 0].double().mean()), "acc5": acc5, "mean_per_class_recall": recall}
+    metrics = {"acc1": float((rank == 1).double().mean()), "acc5": acc5, "mean_per_class_recall": recall}
     n_unlabelled = int((~labelled).sum())
     if n_unlabelled:
         notes.append(f"{n_unlabelled} unlabelled image(s) left out")
