@@ -4,7 +4,8 @@
 :mod:`lakd.analysis.whitening`) and saves one :class:`~lakd.analysis.whitening.WhiteningStats`
 per modality. ``--out emb/whiten.safetensors`` names the set: the files are
 ``emb/whiten.image.safetensors`` and ``emb/whiten.text.safetensors`` (each with its JSON
-sidecar), found again from the same name by ``apply`` and by the whitened-FD loss.
+sidecar), found again from the same name by ``apply`` and by the whitened-FD loss (its
+``stats`` option, e.g. ``{"whitened_fd": {"stats": "emb/whiten.safetensors"}}`` in a recipe).
 Text statistics are fitted on every caption of the store.
 
 ``apply`` writes a new store with the same items, captions, labels and shard layout whose

@@ -1,20 +1,29 @@
-"""gather=True under torch.distributed: 2 gloo processes give the loss of one process on the whole batch."""
+"""gather=True under torch.distributed: 2 gloo processes give the loss of one process on the whole batch.
+
+MFD draws random masks on each rank; with a ``seed`` they are ``mask_seed(seed, rank, step)``, so
+the reference is one process running rank r's masks on half r of the batch (the global loss is
+the mean of the two halves' losses, the halves being equal).
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import lakd.distill.feature
 from lakd.analysis import fit_whitening
-from lakd.distill import MODALITIES, DistillBatch, ProjectionHeads, Recipe, available_losses
+from lakd.distill import MODALITIES, DistillBatch, ProjectionHeads, Recipe, available_losses, build_loss
+from lakd.models import load_model
 
 WORLD, N, STUDENT_DIM, TEACHER_DIM = 2, 12, 6, 10
-# every loss except mfd, whose random masks differ between the two set-ups
+# every loss except mfd, which re-encodes images: its own set-up below
 CONFIG = {name: 1.0 for name in available_losses() if name != "mfd"}
+MFD_OPTIONS = {"seed": 7, "mask_ratio": 0.5}
 
 
 def full_inputs() -> dict:
@@ -62,23 +71,67 @@ def losses_and_grads(rows: slice, gather: bool) -> tuple[dict[str, float], dict[
     }
 
 
+def mfd_setup(rows: slice) -> tuple[torch.nn.Module, ProjectionHeads, DistillBatch]:
+    """The tiny ViT student (same weights in every process), heads, and the MFD batch of ``rows``."""
+    torch.manual_seed(2)
+    model = load_model("lakd:tiny-vit")[0]
+    heads = ProjectionHeads(256, TEACHER_DIM)
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(N, 3, 64, 64, generator=generator)
+    student_text = torch.randn(N, 256, generator=generator)
+    inputs = full_inputs()
+    batch = DistillBatch(
+        student_image=torch.randn(N, 256, generator=generator)[rows],
+        student_text=student_text[rows].clone().requires_grad_(),
+        student_logit_scale=torch.tensor(1.0),
+        teacher_image=inputs["teacher_image"][rows],
+        teacher_text=inputs["teacher_text"][rows],
+        heads=heads,
+        student_model=model,
+        images=images[rows],
+    )
+    return model, heads, batch
+
+
+def parameter_grads(*modules: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None])
+
+
 def worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         local = N // WORLD
-        values, grads = losses_and_grads(slice(rank * local, (rank + 1) * local), gather=True)
+        rows = slice(rank * local, (rank + 1) * local)
+        values, grads = losses_and_grads(rows, gather=True)
         torch.save({"values": values, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
+
+        model, heads, batch = mfd_setup(rows)
+        value = Recipe.from_config({"mfd": MFD_OPTIONS}, gather=True)(batch).terms["mfd"]
+        value.backward()
+        mfd = {
+            "value": value.item(),
+            "text_grad": batch.student_text.grad,
+            "params": parameter_grads(model, heads),
+        }
+        torch.save(mfd, Path(out_dir) / f"mfd{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_gathered_loss_on_two_ranks_equals_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.fixture(scope="module")
+def ranks_out(tmp_path_factory):
+    """Run both set-ups on 2 gloo ranks once; their results are files in the returned folder."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(str(out / "init"), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+def test_gathered_loss_on_two_ranks_equals_one_process_on_the_whole_batch(ranks_out):
     expected_values, expected_grads = losses_and_grads(slice(None), gather=False)
     local = N // WORLD
     for rank in range(WORLD):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        result = torch.load(ranks_out / f"rank{rank}.pt", weights_only=True)
         assert set(result["values"]) == set(CONFIG)
         for term, value in result["values"].items():
             assert math.isclose(value, expected_values[term], rel_tol=1e-4, abs_tol=1e-6), term
@@ -88,3 +141,37 @@ def test_gathered_loss_on_two_ranks_equals_one_process_on_the_whole_batch(tmp_pa
             torch.testing.assert_close(
                 result["grads"][modality], WORLD * expected_grads[modality][rows], rtol=1e-4, atol=1e-6
             )
+
+
+def test_seeded_mfd_on_two_ranks_equals_one_process_with_each_ranks_masks_on_its_half(ranks_out, monkeypatch):
+    local = N // WORLD
+    model, heads, batch = mfd_setup(slice(None))
+    halves = []
+    for rank in range(WORLD):
+        monkeypatch.setattr(lakd.distill.feature, "distributed_rank", lambda rank=rank: rank)
+        rows = slice(rank * local, (rank + 1) * local)
+        half = DistillBatch(
+            student_image=batch.student_image[rows],
+            student_text=batch.student_text[rows],
+            student_logit_scale=batch.student_logit_scale,
+            teacher_image=batch.teacher_image[rows],
+            teacher_text=batch.teacher_text[rows],
+            heads=heads,
+            student_model=model,
+            images=batch.images[rows],
+        )
+        halves.append(build_loss("mfd", MFD_OPTIONS)(half))  # a fresh loss: call 0, as on each rank
+    expected = sum(halves) / WORLD
+    expected.backward()
+    assert not math.isclose(halves[0].item(), halves[1].item(), rel_tol=1e-3)
+
+    results = [torch.load(ranks_out / f"mfd{rank}.pt", weights_only=True) for rank in range(WORLD)]
+    for rank, result in enumerate(results):
+        assert math.isclose(result["value"], expected.item(), rel_tol=1e-4), rank
+        rows = slice(rank * local, (rank + 1) * local)
+        torch.testing.assert_close(
+            result["text_grad"], WORLD * batch.student_text.grad[rows], rtol=1e-4, atol=1e-6
+        )
+    # DDP averages parameter gradients over the ranks: that average is the gradient of the global loss
+    averaged = sum(result["params"] for result in results) / WORLD
+    torch.testing.assert_close(averaged, parameter_grads(model, heads), rtol=1e-3, atol=1e-6)

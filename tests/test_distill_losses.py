@@ -12,6 +12,7 @@ from scipy.stats import special_ortho_group
 
 import lakd.analysis as analysis
 from lakd.analysis import fit_whitening
+from lakd.data.store import ShardData, StoreSpec, StoreWriter
 from lakd.distill import (
     MODALITIES,
     NAMED_RECIPES,
@@ -26,6 +27,7 @@ from lakd.distill import (
 from lakd.distill.geometry import batch_conformity, shell_statistics
 from lakd.distill.relational import linear_cka
 from lakd.errors import LakdError
+from lakd.whiten import WhitenFitConfig, fit_store_whitening
 
 ISSUE_LOSSES = {
     "clip",
@@ -177,6 +179,76 @@ def test_whitened_fd_is_unchanged_by_a_rotation_of_both_raw_spaces(method):
     assert build("fd")(raw).item() != pytest.approx(plain, rel=0.05)
 
 
+@pytest.fixture()
+def saved_whitening(tmp_path):
+    """Teacher features in a one-shard embedding store, their statistics fitted and saved by
+    ``lakd whiten fit`` (lakd.whiten) as the set ``whiten.safetensors``, and the features themselves."""
+    generator = torch.Generator().manual_seed(5)
+    features = teacher_features(300, TEACHER_DIM, generator)
+    spec = StoreSpec(model="teacher", source="synthetic", n_source_items=300, shard_size=300)
+    writer = StoreWriter(tmp_path / "emb", spec)
+    writer.write(
+        0,
+        ShardData(
+            image=features["image"],
+            text=features["text"],
+            text_item=torch.arange(300),
+            ids=[f"item{i}" for i in range(300)],
+            captions=[f"caption {i}" for i in range(300)],
+        ),
+    )
+    writer.finish()
+    out = tmp_path / "whiten.safetensors"
+    files = fit_store_whitening(WhitenFitConfig(str(tmp_path / "emb"), str(out), chunk_size=128))
+    assert set(files) == set(MODALITIES) and all(f.is_file() for f in files.values())
+    return out, features
+
+
+def test_whitened_fd_from_saved_statistics_equals_the_in_memory_statistics(saved_whitening, monkeypatch):
+    out, features = saved_whitening
+    loss = build("whitened_fd", stats=str(out))
+    batch = random_batch()
+    batch.whitening = whitening_for(features)  # fitted in memory on the same features
+    expected = build("whitened_fd")(batch)
+    assert expected.item() > 0
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("statistics re-read after construction")
+
+    monkeypatch.setattr("lakd.analysis.whitening.WhiteningStats.load", no_reading)
+    batch.whitening = None  # the loss's own statistics need none from the batch
+    value = loss(batch)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-7)
+    value.backward()
+    assert torch.isfinite(batch.student_image.grad).all()
+
+
+def test_recipe_names_the_saved_whitening_set(saved_whitening):
+    out, _ = saved_whitening
+    recipe = Recipe.from_config(
+        {"clip": 1, "whitened_fd": {"weight": 1, "stats": str(out)}},
+        student_dim=STUDENT_DIM,
+        teacher_dim=TEACHER_DIM,
+    )
+    batch = random_batch()
+    batch.whitening = None
+    assert torch.isfinite(recipe(batch).terms["whitened_fd"])
+
+
+def test_whitened_fd_saved_statistics_errors(saved_whitening, tmp_path):
+    out, _ = saved_whitening
+    with pytest.raises(
+        LakdError, match=r"whitened_fd.*missing\.image\.safetensors: whitening file not found"
+    ):
+        build("whitened_fd", stats=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(LakdError, match="whitened_fd.*NAME.safetensors"):
+        build("whitened_fd", stats=str(tmp_path / "whiten.pt"))
+    with pytest.raises(LakdError, match="fitted on dimension 12, but the teacher's features have 7"):
+        build_loss("whitened_fd", {"stats": str(out)}, FeatureDims(STUDENT_DIM, 7))
+    with pytest.raises(LakdError, match="stats must name a saved set"):
+        build("whitened_fd", stats=3)
+
+
 def test_whitened_fd_needs_statistics_of_the_teacher_dim():
     batch = random_batch()
     batch.whitening = None
@@ -220,6 +292,21 @@ def test_afd_with_different_dims_and_its_learned_parts():
         build_loss("afd")
 
 
+def test_icl_is_the_mean_of_two_one_way_infonce_terms_against_the_teacher():
+    batch = random_batch()
+    loss = build("icl", init_logit_scale=math.log(20.0))
+    targets = torch.arange(N)
+
+    def one_way(anchors, keys):
+        return F.cross_entropy(20.0 * anchors @ keys.T, targets)
+
+    expected = (
+        one_way(batch.projected_hat("image"), batch.teacher_hat("text"))
+        + one_way(batch.projected_hat("text"), batch.teacher_hat("image"))
+    ) / 2
+    torch.testing.assert_close(loss(batch), expected)
+
+
 def test_learned_logit_scales_are_capped_at_100():
     loss = build("icl", init_logit_scale=10.0)
     assert loss.logit_scale().item() == pytest.approx(100.0)
@@ -233,11 +320,39 @@ def test_torch_conformity_matches_the_analysis_implementation():
 
 def test_shell_statistics_match_the_analysis_definitions():
     x = torch.randn(50, 6, dtype=torch.float64) * torch.linspace(1, 3, 6) + 2.0
-    ratio, centred_cv, raw_cv = shell_statistics(x).tolist()
+    ratio, centred_cv, raw_cv = shell_statistics(x, eps=0.0).tolist()
     shell = analysis.thin_shell(x.numpy())
     assert ratio == pytest.approx(analysis.offset_ratio(x.numpy()), rel=1e-10)
     assert centred_cv == pytest.approx(shell["centred"]["cv"], rel=1e-10)
     assert raw_cv == pytest.approx(shell["raw"]["cv"], rel=1e-10)
+    # the default epsilon barely moves them on real (non-collapsed) features
+    np.testing.assert_allclose(shell_statistics(x).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-4)
+
+
+@pytest.mark.parametrize("row", [torch.linspace(-1.0, 2.0, TEACHER_DIM), torch.zeros(TEACHER_DIM)])
+@pytest.mark.parametrize("collapsed", ["student", "teacher"])
+def test_shell_is_finite_on_a_collapsed_batch_of_identical_rows(row, collapsed):
+    batch = student_equals_teacher(perturb=1.0)
+    same = row.expand(N, -1).clone()
+    if collapsed == "student":
+        batch.student_image = same.clone().requires_grad_()
+        batch.student_text = (same + 1.0).requires_grad_()
+    else:
+        batch.teacher_image, batch.teacher_text = same, same - 1.0
+    assert torch.isfinite(shell_statistics(same)).all()
+    value = build("shell")(batch)
+    assert torch.isfinite(value) and value.item() > 0
+    value.backward()
+    for grad in (batch.student_image.grad, batch.student_text.grad):
+        assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_shell_collapse_bound_and_bad_eps():
+    ratio, centred_cv, raw_cv = shell_statistics(torch.ones(8, 5) * 3.0, eps=1e-6).tolist()
+    assert ratio == pytest.approx(1e3, rel=1e-3) and centred_cv == pytest.approx(1e-3, rel=1e-2)
+    assert raw_cv == pytest.approx(1e-3, rel=1e-2)
+    with pytest.raises(LakdError, match="eps"):
+        build("shell", eps=0.0)
 
 
 def test_torch_cka_matches_the_analysis_implementation():

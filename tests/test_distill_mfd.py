@@ -7,7 +7,7 @@ import torch
 from open_clip.transformer import PatchDropout
 
 from lakd.distill import DistillBatch, FeatureDims, StudentWithHeads, build_loss
-from lakd.distill.masking import encode_masked_images, mask_pixel_cells
+from lakd.distill.masking import encode_masked_images, mask_pixel_cells, mask_seed
 from lakd.errors import LakdError
 from lakd.models import load_model
 
@@ -106,9 +106,50 @@ def test_mask_pixel_cells_covers_edges_and_masks_the_requested_share():
                 assert cell.min() == cell.max(), "cells are masked whole"
 
 
+@pytest.mark.parametrize("tower", ["tiny_vit", "tiny_resnet"])
+def test_a_seed_fixes_the_masks_and_leaves_the_global_generator_alone(tower, request):
+    model = request.getfixturevalue(tower)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        state = torch.get_rng_state()
+        first = encode_masked_images(model, images, 0.5, seed=11)
+        assert torch.equal(torch.get_rng_state(), state), "global generator state restored"
+        again = encode_masked_images(model, images, 0.5, seed=11)
+        other = encode_masked_images(model, images, 0.5, seed=12)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.allclose(first, other)
+
+
+def test_mask_seeds_differ_by_rank_and_step():
+    seeds = {mask_seed(7, rank, step) for rank in range(2) for step in range(3)}
+    assert len(seeds) == 6 and mask_seed(7, 1, 2) == mask_seed(7, 1, 2)
+    assert mask_seed(7, 0, 0) != mask_seed(8, 0, 0)
+
+
+def test_seeded_mfd_is_reproducible_advances_per_call_and_resumes_from_its_state(tiny_resnet):
+    images = torch.randn(4, 3, 64, 64)
+    batch = mfd_batch(tiny_resnet, images)
+    first, second = build_loss("mfd", {"seed": 3}), build_loss("mfd", {"seed": 3})
+    with torch.no_grad():
+        values = [first(batch).item() for _ in range(3)]
+        assert second(batch).item() == values[0], "same seed, same first call"
+        assert len(set(values)) == 3, "each call draws new masks"
+        assert int(first.state_dict()["step"]) == 3
+        resumed = build_loss("mfd", {"seed": 3})
+        resumed.load_state_dict(first.state_dict())
+        assert resumed(batch).item() == first(batch).item()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"mask_ratio": 0.0}, "mask_ratio"), ({"fallback": "blur"}, "fallback"), ({"cell": 0}, "cell")],
+    [
+        ({"mask_ratio": 0.0}, "mask_ratio"),
+        ({"fallback": "blur"}, "fallback"),
+        ({"cell": 0}, "cell"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": True}, "seed"),
+    ],
 )
 def test_bad_mfd_options(options, message):
     with pytest.raises(LakdError, match=message):

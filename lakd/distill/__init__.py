@@ -13,7 +13,7 @@ gd), :mod:`~lakd.distill.feature` (fd, fd_clipkd, mfd, whitened_fd), :mod:`~lakd
 from lakd.distill import contrastive, feature, geometry, logits, relational  # noqa: F401  (register losses)
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.contrastive import infonce, infonce_gradients
-from lakd.distill.heads import ProjectionHeads, StudentWithHeads
+from lakd.distill.heads import ProjectionHeads, StudentWithHeads, load_student_with_heads
 from lakd.distill.recipe import NAMED_RECIPES, Recipe, RecipeOutput, available_recipes
 from lakd.distill.registry import DistillLoss, FeatureDims, available_losses, build_loss, register_loss
 
@@ -32,5 +32,6 @@ __all__ = [
     "build_loss",
     "infonce",
     "infonce_gradients",
+    "load_student_with_heads",
     "register_loss",
 ]

@@ -26,17 +26,26 @@ CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOG_LOGIT_SCALE = math.log(100.0)
 
 
-def infonce(a_hat: torch.Tensor, b_hat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE: mean of CE(s a b^T, i) and CE(s b a^T, i) for unit rows a, b [N, d]."""
+def infonce(
+    a_hat: torch.Tensor, b_hat: torch.Tensor, scale: torch.Tensor, *, symmetric: bool = True
+) -> torch.Tensor:
+    """InfoNCE of unit rows a, b [N, d] with row i of each the positive pair.
+
+    One-directional (``symmetric=False``): CE(s a b^T, i), a as anchors and b as keys.
+    Symmetric (CLIP's loss): the mean of that and CE(s b a^T, i).
+    """
     logits = scale * a_hat @ b_hat.T
     targets = torch.arange(len(logits), device=logits.device)
+    if not symmetric:
+        return F.cross_entropy(logits, targets)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 def infonce_gradients(
     anchors: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Analytic gradients of one-directional InfoNCE L = CE(s A K^T, i) (mean over N rows).
+    """Analytic gradients of one-directional InfoNCE L = CE(s A K^T, i) (mean over N rows), i.e.
+    ``infonce(anchors, keys, scale, symmetric=False)``.
 
     With P = softmax(s A K^T) row-wise and Y = I: dL/dA = s (P - Y) K / N and
     dL/dK = s (P - Y)^T A / N. Returns both [N, d], differentiable in A, K and s.
@@ -72,7 +81,8 @@ class ClipTaskLoss(DistillLoss):
 @register_loss("icl")
 class InteractiveContrastiveLoss(DistillLoss):
     """ICL [KD]: InfoNCE with the student's (projected, normalised) image as anchor against the
-    teacher's texts, plus the student's text against the teacher's images, averaged. The logit
+    teacher's texts, plus the student's text against the teacher's images (each one-directional
+    :func:`infonce`), averaged. The logit
     scale is learned (:class:`LearnedLogitScale`)."""
 
     def __init__(self, dims: FeatureDims, *, init_logit_scale: float = CLIP_INIT_LOGIT_SCALE):
@@ -81,14 +91,19 @@ class InteractiveContrastiveLoss(DistillLoss):
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         scale = self.logit_scale()
-        targets = torch.arange(batch.size, device=batch.student_image.device)
-        image_to_text = (
-            scale * batch.projected_hat("image", self.name) @ batch.teacher_hat("text", self.name).T
+        image_to_text = infonce(
+            batch.projected_hat("image", self.name),
+            batch.teacher_hat("text", self.name),
+            scale,
+            symmetric=False,
         )
-        text_to_image = (
-            scale * batch.projected_hat("text", self.name) @ batch.teacher_hat("image", self.name).T
+        text_to_image = infonce(
+            batch.projected_hat("text", self.name),
+            batch.teacher_hat("image", self.name),
+            scale,
+            symmetric=False,
         )
-        return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets)) / 2
+        return (image_to_text + text_to_image) / 2
 
 
 @register_loss("afd")

@@ -20,6 +20,11 @@ def distributed_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def distributed_rank() -> int:
+    """This process's rank in the default process group; 0 when torch.distributed is not initialised."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` [n, ...] from every rank in rank order -> [world * n, ...].
 

@@ -9,21 +9,26 @@ over dims; equals 2 - 2 cos), so weight 1 is meaningful for any d. ``fd_clipkd``
 recipes weight it by 2000. Use it to reproduce published recipes.
 
 Whitened FD maps both into the teacher's whitened space first: y = (x - mu_t) W_t with the
-teacher's saved statistics of that modality (ZCA or PCA, :mod:`lakd.analysis.whitening`), then
+teacher's statistics of that modality (ZCA or PCA, :mod:`lakd.analysis.whitening`; saved by
+``lakd whiten fit`` and named by the loss's ``stats`` option, or given in the batch), then
 normalises and applies ``fd``. It removes the teacher's offset and anisotropy (the "double
 ellipsoid" [DE]) from the target, so the student matches the directions that carry content.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from lakd.analysis.whitening import whiten
+from lakd.analysis.whitening import WhiteningStats, whiten
 from lakd.distill.batch import MODALITIES, DistillBatch
-from lakd.distill.masking import FALLBACKS, encode_masked_images
+from lakd.distill.distributed import distributed_rank
+from lakd.distill.masking import FALLBACKS, encode_masked_images, mask_seed
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
 from lakd.errors import LakdError
+from lakd.whiten import load_stats_set, stats_path
 
 
 def per_item_squared_distance(a_hat: torch.Tensor, b_hat: torch.Tensor) -> torch.Tensor:
@@ -55,10 +60,23 @@ class ClipKDFeatureDistillation(DistillLoss):
 @register_loss("whitened_fd")
 class WhitenedFeatureDistillation(DistillLoss):
     """FD after whitening both student (projected) and teacher raw features with the teacher's
-    statistics of each modality (``batch.whitening["image"]`` / ``["text"]``), then normalising."""
+    statistics of each modality, then normalising.
+
+    ``stats``: the name of a saved set, as given to ``lakd whiten fit --out`` (e.g.
+    ``emb/whiten.safetensors`` for ``emb/whiten.image.safetensors`` and
+    ``emb/whiten.text.safetensors``), read once here by :func:`lakd.whiten.load_stats_set`.
+    Without it the statistics come from ``batch.whitening["image"]`` / ``["text"]``; with it,
+    the loss's own statistics are used and ``batch.whitening`` is ignored.
+    """
+
+    def __init__(self, dims: FeatureDims, *, stats: str | Path | None = None):
+        super().__init__(dims)
+        self.statistics: dict[str, WhiteningStats] | None = None
+        if stats is not None:
+            self.statistics = load_saved_whitening(stats, dims.teacher)
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
-        statistics = batch.require("whitening", self.name)
+        statistics = self.statistics or batch.require("whitening", self.name)
         total = batch.student_image.new_zeros(())
         for modality in MODALITIES:
             if modality not in statistics:
@@ -70,6 +88,23 @@ class WhitenedFeatureDistillation(DistillLoss):
         return total
 
 
+def load_saved_whitening(stats: str | Path, teacher_dim: int | None) -> dict[str, WhiteningStats]:
+    """The image and text statistics of the set named ``stats``, checked against ``teacher_dim`` when known."""
+    if not isinstance(stats, (str, Path)):
+        raise LakdError(f"loss 'whitened_fd': stats must name a saved set (NAME.safetensors), got {stats!r}")
+    try:
+        statistics = load_stats_set(stats, MODALITIES)
+    except LakdError as err:
+        raise LakdError(f"loss 'whitened_fd': {err}") from None
+    for modality, fitted in statistics.items():
+        if teacher_dim is not None and fitted.dim != teacher_dim:
+            raise LakdError(
+                f"loss 'whitened_fd': {stats_path(stats, modality)} was fitted on dimension {fitted.dim}, "
+                f"but the teacher's features have {teacher_dim}"
+            )
+    return statistics
+
+
 @register_loss("mfd")
 class MaskedFeatureDistillation(DistillLoss):
     """MFD [KD]: ``fd`` where the student's image features come from a masked view of its images
@@ -78,11 +113,21 @@ class MaskedFeatureDistillation(DistillLoss):
 
     ``mask_ratio``: fraction of patches masked, in (0, 1) ([KD] uses 0.75). ``fallback``:
     "pixel" (mask pixel cells for towers without patch tokens) or "error". ``cell``: pixel cell
-    size of the fallback (default: an 8 x 8 grid).
+    size of the fallback (default: an 8 x 8 grid). ``seed``: None draws the masks from torch's
+    global generator; an int >= 0 makes them reproducible: call k of this loss on rank r
+    (torch.distributed, 0 on one process) masks with ``mask_seed(seed, r, k)``, so ranks and steps
+    get different masks and a rerun the same ones. The call counter ``step`` is a buffer: it is
+    saved with the recipe's ``state_dict`` and a resumed run continues the sequence.
     """
 
     def __init__(
-        self, dims: FeatureDims, *, mask_ratio: float = 0.75, fallback: str = "pixel", cell: int | None = None
+        self,
+        dims: FeatureDims,
+        *,
+        mask_ratio: float = 0.75,
+        fallback: str = "pixel",
+        cell: int | None = None,
+        seed: int | None = None,
     ):
         super().__init__(dims)
         if not 0.0 < mask_ratio < 1.0:
@@ -91,12 +136,25 @@ class MaskedFeatureDistillation(DistillLoss):
             raise LakdError(f"loss 'mfd': fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
         if cell is not None and cell < 1:
             raise LakdError(f"loss 'mfd': cell must be a positive number of pixels, got {cell}")
-        self.mask_ratio, self.fallback, self.cell = mask_ratio, fallback, cell
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise LakdError(f"loss 'mfd': seed must be an integer >= 0 or None, got {seed!r}")
+        self.mask_ratio, self.fallback, self.cell, self.seed = mask_ratio, fallback, cell, seed
+        self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
+
+    def next_mask_seed(self) -> int | None:
+        """The masks' seed for this call (None without a base ``seed``); advances the call counter."""
+        if self.seed is None:
+            return None
+        seed = mask_seed(self.seed, distributed_rank(), int(self.step))
+        self.step += 1
+        return seed
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         model = batch.require("student_model", self.name)
         images = batch.require("images", self.name)
-        masked = encode_masked_images(model, images, self.mask_ratio, fallback=self.fallback, cell=self.cell)
+        masked = encode_masked_images(
+            model, images, self.mask_ratio, fallback=self.fallback, cell=self.cell, seed=self.next_mask_seed()
+        )
         masked = batch.gather(batch.project("image", masked, self.name))
         if len(masked) != batch.size:
             raise LakdError(

@@ -11,7 +11,8 @@ student's behalf; only the gap *vector* is compared in the teacher's dim.
   normalised vectors (momentum ``momentum``; updated in training mode), i.e. conformity against
   the whole data seen so far: C(x) ~ x_hat . m.
 - shell [DE]: offset ratio ||mu|| / sqrt(tr Sigma), CV of ||x - mu|| (thin shell) and CV of ||x||,
-  batch estimates on raw features (unbiased variances, as in :mod:`lakd.analysis`). Loss: sum of
+  batch estimates on raw features (unbiased variances, as in :mod:`lakd.analysis`), with a small
+  scale-relative epsilon (:data:`SHELL_EPS`) so a collapsed batch stays finite. Loss: sum of
   squared differences, per modality.
 - gap [MG]: Delta = mean(x_hat_img) - mean(x_hat_txt). Loss: ||Delta_s - Delta_t||^2 (student
   projected into the teacher's dim) + (||Delta_s|| - ||Delta_t||)^2 (student's own space).
@@ -112,29 +113,67 @@ class ConformityMatching(DistillLoss):
         return self.running[key] if key in self.running else None
 
 
-def shell_statistics(x: torch.Tensor) -> torch.Tensor:
-    """[offset ratio, CV of ||x - mu||, CV of ||x||] of raw features [N, d] (N >= 2), differentiable."""
+SHELL_EPS = 1e-6
+
+
+def coefficient_of_variation(values: torch.Tensor, eps: float) -> torch.Tensor:
+    """sqrt(var + eps * mean^2) / mean of positive values [N] (unbiased variance)."""
+    mean = values.mean()
+    return (values.var() + eps * mean.pow(2) + torch.finfo(values.dtype).tiny).sqrt() / mean
+
+
+def shell_statistics(x: torch.Tensor, eps: float = SHELL_EPS) -> torch.Tensor:
+    """[offset ratio, CV of ||x - mu||, CV of ||x||] of raw features [N, d] (N >= 2), differentiable.
+
+    ``eps`` regularises, relative to the batch's own scale s^2 = mean ||x||^2 so every statistic
+    stays scale-free: norms are sqrt(||v||^2 + eps s^2), the offset ratio is
+    ||mu|| / sqrt(tr Sigma + eps s^2) and a CV is sqrt(var + eps mean^2) / mean. On a collapsed
+    batch (identical rows, even all zero) the statistics are then finite (offset ratio at most
+    1 / sqrt(eps), CVs about sqrt(eps)) with finite gradients instead of 0 / 0; on real features
+    the change is O(eps) (about 1e-6 relative for the offset ratio, somewhat more for a CV near 0).
+    ``eps=0`` gives the plain estimates of :mod:`lakd.analysis` (NaN on a collapsed batch).
+    """
+    floor = eps * x.pow(2).sum(dim=1).mean() + torch.finfo(x.dtype).tiny
+
+    def norms(v: torch.Tensor) -> torch.Tensor:
+        return (v.pow(2).sum(dim=-1) + floor).sqrt()
+
     mu = x.mean(dim=0)
     centred = x - mu
     total_variance = centred.pow(2).sum() / (len(x) - 1)
-    offset_ratio = mu.norm() / total_variance.clamp_min(torch.finfo(x.dtype).tiny).sqrt()
-    centred_norms, raw_norms = centred.norm(dim=1), x.norm(dim=1)
+    offset_ratio = norms(mu) / (total_variance + floor).sqrt()
     return torch.stack(
-        [offset_ratio, centred_norms.std() / centred_norms.mean(), raw_norms.std() / raw_norms.mean()]
+        [
+            offset_ratio,
+            coefficient_of_variation(norms(centred), eps),
+            coefficient_of_variation(norms(x), eps),
+        ]
     )
 
 
 @register_loss("shell")
 class ShellMatching(DistillLoss):
-    """Match offset ratio and norm CVs of raw student features to the teacher's, per modality."""
+    """Match offset ratio and norm CVs of raw student features to the teacher's, per modality.
+
+    ``eps``: the scale-relative regulariser of :func:`shell_statistics` that keeps a collapsed
+    batch (identical rows) finite.
+    """
+
+    def __init__(self, dims: FeatureDims, *, eps: float = SHELL_EPS):
+        super().__init__(dims)
+        if not 0.0 < eps < 1.0:
+            raise LakdError(f"loss 'shell': eps must be in (0, 1), got {eps}")
+        self.eps = eps
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         if batch.size < 2:
             raise LakdError(f"loss {self.name!r}: needs at least 2 items per batch, got {batch.size}")
-        return sum(
-            (shell_statistics(batch.student(m)) - shell_statistics(batch.teacher(m, self.name))).pow(2).sum()
-            for m in MODALITIES
-        )
+        total = batch.student_image.new_zeros(())
+        for m in MODALITIES:
+            student = shell_statistics(batch.student(m), self.eps)
+            teacher = shell_statistics(batch.teacher(m, self.name), self.eps)
+            total = total + (student - teacher).pow(2).sum()
+        return total
 
 
 def gap_vector(image_hat: torch.Tensor, text_hat: torch.Tensor) -> torch.Tensor:

@@ -3,21 +3,30 @@ that owns them.
 
 When student and teacher dims differ, feature-matching losses compare ``head(student raw
 feature)`` with the teacher feature ([KD] uses a learned linear map per modality the same way).
-The heads are trained with the student, saved in its training checkpoints (they are submodules
-of :class:`StudentWithHeads`, so they appear in its ``state_dict`` as ``heads.*``) and dropped on
-export: ``wrapper.student`` is the bare open_clip model to pass to
-:func:`lakd.models.save_checkpoint` or :func:`lakd.models.export_local_dir`.
+The heads are trained with the student (they are submodules of :class:`StudentWithHeads`, so
+they appear in its ``state_dict`` as ``heads.*``) and saved in its checkpoints:
+``lakd.models.save_checkpoint(wrapper, "ckpt.pt")`` writes the bare student's open_clip state
+dict as ``state_dict`` (open_clip and :func:`lakd.models.load_checkpoint` load it as the bare
+student, heads ignored) and the heads as an extra part (:mod:`lakd.models.checkpoint`): metadata
+``lakd.heads = {student_dim, teacher_dim, bias}`` and tensors ``heads_state_dict`` in a ``.pt``
+file, or the file ``ckpt.heads.safetensors`` beside ``ckpt.safetensors`` (its sidecar names it).
+:func:`load_student_with_heads` restores the wrapper with its heads. Export drops them:
+:func:`lakd.models.export_local_dir` of the wrapper (or of ``wrapper.student``) writes the bare
+student only.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
 from torch import nn
 
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.errors import LakdError
+from lakd.models.checkpoint import load_checkpoint_with_parts
 
 
 class ProjectionHeads(nn.Module):
@@ -27,13 +36,37 @@ class ProjectionHeads(nn.Module):
         super().__init__()
         if student_dim < 1 or teacher_dim < 1:
             raise LakdError(f"projection heads: dims must be positive, got {student_dim} -> {teacher_dim}")
-        self.student_dim, self.teacher_dim = student_dim, teacher_dim
+        self.student_dim, self.teacher_dim, self.bias = student_dim, teacher_dim, bias
         self.maps = nn.ModuleDict({m: nn.Linear(student_dim, teacher_dim, bias=bias) for m in MODALITIES})
 
     @classmethod
     def between(cls, student_dim: int, teacher_dim: int, *, bias: bool = True) -> ProjectionHeads | None:
         """Heads when the dims differ, ``None`` when they are equal (features are compared as they are)."""
         return None if student_dim == teacher_dim else cls(student_dim, teacher_dim, bias=bias)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments, as saved in checkpoints (``lakd.heads``)."""
+        return {"student_dim": self.student_dim, "teacher_dim": self.teacher_dim, "bias": self.bias}
+
+    @classmethod
+    def from_saved(cls, config: Any, state_dict: dict[str, torch.Tensor], *, source: str) -> ProjectionHeads:
+        """Heads rebuilt from :meth:`config` and their ``state_dict``; problems are LakdErrors naming ``source``."""
+        fields = ("student_dim", "teacher_dim", "bias")
+        if not isinstance(config, dict) or any(field not in config for field in fields):
+            raise LakdError(f"{source}: projection heads need metadata {', '.join(fields)}, got {config!r}")
+        dims_ok = all(
+            isinstance(config[k], int) and not isinstance(config[k], bool)
+            for k in ("student_dim", "teacher_dim")
+        )
+        if not dims_ok or not isinstance(config["bias"], bool):
+            raise LakdError(f"{source}: bad projection-head metadata {config!r}")
+        heads = cls(config["student_dim"], config["teacher_dim"], bias=config["bias"])
+        expected = {key: tuple(value.shape) for key, value in heads.state_dict().items()}
+        found = {key: tuple(value.shape) for key, value in state_dict.items()}
+        if found != expected:
+            raise LakdError(f"{source}: projection-head tensors {found} do not match lakd.heads {config}")
+        heads.load_state_dict(state_dict, strict=True)
+        return heads
 
     def forward(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Project raw student features of ``modality`` ("image" or "text") [N, d_s] -> [N, d_t]."""
@@ -80,6 +113,12 @@ class StudentWithHeads(nn.Module):
             "logit_scale": self.student.logit_scale.exp(),
         }
 
+    def checkpoint_parts(self) -> tuple[nn.Module, dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]]]:
+        """(bare student, extra parts) for :func:`lakd.models.save_checkpoint`: the heads, when there are any."""
+        if self.heads is None:
+            return self.student, {}
+        return self.student, {"heads": (self.heads.config(), self.heads.state_dict())}
+
     def distill_batch(
         self, outputs: dict[str, torch.Tensor], images: torch.Tensor | None = None, **fields: Any
     ) -> DistillBatch:
@@ -95,3 +134,19 @@ class StudentWithHeads(nn.Module):
             images=images,
             **fields,
         )
+
+
+def load_student_with_heads(path: str | Path, *, device: str = "cpu", precision: str = "fp32"):
+    """Load a checkpoint saved from a :class:`StudentWithHeads` -> (wrapper, preprocess, tokenizer).
+
+    The heads go to ``device`` in the dtype of the student's features under ``precision``
+    (open_clip's cast dtype, fp32 by default); a checkpoint without heads (a bare student, or a
+    wrapper whose dims were equal) gives a wrapper with ``heads=None``.
+    """
+    model, preprocess, tokenizer, parts = load_checkpoint_with_parts(path, device=device, precision=precision)
+    heads = None
+    if "heads" in parts:
+        config, state_dict = parts["heads"]
+        heads = ProjectionHeads.from_saved(config, state_dict, source=str(path))
+        heads.to(device=device, dtype=open_clip.get_cast_dtype(precision) or torch.float32).eval()
+    return StudentWithHeads(model, heads).eval(), preprocess, tokenizer

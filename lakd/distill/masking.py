@@ -11,6 +11,11 @@ the type of the student's image tower (``MASKERS``, a registry keyed by tower cl
   pixel space: the image is cut into a grid of ``cell`` x ``cell`` pixel cells (default: an 8 x 8
   grid) and ``int(ratio * cells)`` random cells per image are set to 0, i.e. to the data mean
   after the usual normalisation. ``fallback="error"`` refuses such towers instead.
+
+Both maskers draw their random numbers from torch's CPU generator (open_clip's ``PatchDropout``
+does; the pixel masks are drawn on the CPU too), so a ``seed`` makes the masks reproducible
+(:func:`seeded_masks`; the global generator's state outside the call is left untouched).
+:func:`mask_seed` derives the seed of one call from a base seed, the rank and a step counter.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from open_clip.transformer import PatchDropout, VisionTransformer
 from torch import nn
@@ -58,7 +64,7 @@ def mask_pixel_cells(images: torch.Tensor, ratio: float, cell: int | None = None
     rows, cols = -(-height // cell), -(-width // cell)
     cells = rows * cols
     masked_count = int(ratio * cells)
-    order = torch.rand(len(images), cells, device=images.device).argsort(dim=1)
+    order = torch.rand(len(images), cells).argsort(dim=1).to(images.device)  # CPU generator: see module doc
     masked = (order < masked_count).view(len(images), 1, rows, cols)
     masked = masked.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)[..., :height, :width]
     return images.masked_fill(masked, 0.0)
@@ -81,12 +87,36 @@ def refuse_masking(model: nn.Module, images: torch.Tensor, ratio: float, cell: i
 FALLBACKS = {"pixel": encode_with_pixel_masking, "error": refuse_masking}
 
 
+def mask_seed(base_seed: int, rank: int, step: int) -> int:
+    """The seed of the masks of call ``step`` on ``rank``: numpy's ``SeedSequence([base_seed, rank, step])``
+    mixed into one 64-bit integer, so nearby bases, ranks and steps give unrelated masks."""
+    return int(np.random.SeedSequence([base_seed, rank, step]).generate_state(1, np.uint64)[0])
+
+
+@contextlib.contextmanager
+def seeded_masks(seed: int | None) -> Iterator[None]:
+    """Within the block, torch's CPU generator (which draws every mask) starts from ``seed``; its
+    state is restored afterwards. ``None``: no-op (masks from the generator as it is)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
 def encode_masked_images(
-    model: nn.Module, images: torch.Tensor, ratio: float, *, fallback: str = "pixel", cell: int | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    ratio: float,
+    *,
+    fallback: str = "pixel",
+    cell: int | None = None,
+    seed: int | None = None,
 ) -> torch.Tensor:
-    """Raw image features [N, d_s] of ``model`` (an open_clip CLIP) for masked ``images``."""
+    """Raw image features [N, d_s] of ``model`` (an open_clip CLIP) for masked ``images``;
+    ``seed`` (optional) fixes the masks (:func:`seeded_masks`)."""
     visual = getattr(model, "visual", None)
-    for tower_class in type(visual).__mro__:
-        if tower_class in MASKERS:
-            return MASKERS[tower_class](model, images, ratio, cell)
-    return FALLBACKS[fallback](model, images, ratio, cell)
+    masker = next((MASKERS[cls] for cls in type(visual).__mro__ if cls in MASKERS), FALLBACKS[fallback])
+    with seeded_masks(seed):
+        return masker(model, images, ratio, cell)

@@ -9,6 +9,14 @@ and holds only weights_only-safe types (tensors, dicts, lists, str, numbers, Non
 ``.safetensors`` checkpoint holds the tensors; everything else (the same keys as above) goes to the
 JSON sidecar ``<file>.safetensors.json``. :func:`export_local_dir` writes an open_clip ``local-dir``
 folder (``open_clip_config.json`` + ``open_clip_model.safetensors``).
+
+Extra parts: a wrapper around the open_clip model (the distillation student with its projection
+heads, :class:`lakd.distill.StudentWithHeads`) may own modules that are not the model's. It
+provides ``checkpoint_parts() -> (bare model, {name: (JSON metadata, state_dict)})``; the
+checkpoint's ``state_dict`` stays the bare model's (open_clip loads it strictly), each part's
+metadata goes to ``lakd[name]`` (``lakd["parts"]`` lists the names) and its tensors to ``<name>_state_dict`` in a ``.pt`` file, or to
+the file ``<stem>.<name>.safetensors`` beside a ``.safetensors`` one (named in ``lakd[name]["file"]``).
+:func:`load_checkpoint` ignores the parts; :func:`load_checkpoint_with_parts` returns them.
 """
 
 from __future__ import annotations
@@ -28,14 +36,15 @@ from lakd.io import atomic_dir, atomic_path, write_json
 from lakd.models.build import finish, model_from_cfg, resolve_arch, set_preprocess_cfg, tokenizer_for
 from lakd.models.safe_load import StateDict, load_weights, read_checkpoint, sidecar_path
 
-Writer = Callable[[Path, StateDict, dict[str, Any]], None]
+Parts = dict[str, tuple[dict[str, Any], StateDict]]
+Writer = Callable[[Path, StateDict, dict[str, Any], dict[str, StateDict]], None]
 WRITERS: dict[str, Writer] = {}
 LOCAL_DIR_CONFIG = "open_clip_config.json"
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 
 
 def register_writer(suffix: str) -> Callable[[Writer], Writer]:
-    """Register ``writer(path, state_dict, record)`` for checkpoints ending in ``suffix``."""
+    """Register ``writer(path, state_dict, record, parts)`` for checkpoints ending in ``suffix``."""
 
     def deco(fn: Writer) -> Writer:
         WRITERS[suffix] = fn
@@ -47,7 +56,8 @@ def register_writer(suffix: str) -> Callable[[Writer], Writer]:
 def save_checkpoint(
     model: torch.nn.Module, path: str | Path, *, epoch: int = 0, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` (made by :func:`lakd.models.load_model`) to ``path`` (``.pt`` or ``.safetensors``), atomically.
+    """Write ``model`` (made by :func:`lakd.models.load_model`, or a wrapper with extra parts, see
+    the module docstring) to ``path`` (``.pt`` or ``.safetensors``), atomically.
 
     ``extra`` (JSON-serialisable) is merged into the ``lakd`` metadata; it may not reuse lakd's own keys.
     """
@@ -55,21 +65,45 @@ def save_checkpoint(
     writer = WRITERS.get(path.suffix.lower())
     if writer is None:
         raise LakdError(f"{path}: checkpoint must end in one of {', '.join(WRITERS)}")
-    model = getattr(model, "module", model)  # DDP / DataParallel wrappers
-    record = _checkpoint_record(model, epoch=epoch, extra=extra or {})
+    model, parts = split_parts(model)
+    record = _checkpoint_record(model, epoch=epoch, extra=extra or {}, parts=parts)
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    writer(path, state_dict, record)
+    part_tensors = {
+        name: {key: value.detach().cpu() for key, value in tensors.items()}
+        for name, (_, tensors) in parts.items()
+    }
+    writer(path, state_dict, record, part_tensors)
     return path
 
 
+def split_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, Parts]:
+    """(bare open_clip model, extra parts) of ``model``, unwrapping DDP / DataParallel first."""
+    model = getattr(model, "module", model)
+    checkpoint_parts = getattr(model, "checkpoint_parts", None)
+    return checkpoint_parts() if callable(checkpoint_parts) else (model, {})
+
+
+def part_file(path: Path, name: str) -> Path:
+    """``ckpt.safetensors`` -> ``ckpt.<name>.safetensors``: the tensors of part ``name``."""
+    return path.with_name(f"{path.stem}.{name}{path.suffix}")
+
+
 @register_writer(".pt")
-def _write_torch(path: Path, state_dict: StateDict, record: dict[str, Any]) -> None:
+def _write_torch(
+    path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict]
+) -> None:
+    tensors = {f"{name}_state_dict": part for name, part in parts.items()}
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state_dict, **record}, tmp)
+        torch.save({"state_dict": state_dict, **tensors, **record}, tmp)
 
 
 @register_writer(".safetensors")
-def _write_safetensors(path: Path, state_dict: StateDict, record: dict[str, Any]) -> None:
+def _write_safetensors(
+    path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict]
+) -> None:
+    for name, part in parts.items():  # parts first: the sidecar, written last, names them
+        _write_safetensors_weights(part_file(path, name), part)
+        record["lakd"][name]["file"] = part_file(path, name).name
     _write_safetensors_weights(path, state_dict)
     write_json(sidecar_path(path), record)
 
@@ -82,7 +116,9 @@ def _write_safetensors_weights(path: Path, state_dict: StateDict) -> None:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
-def _checkpoint_record(model: torch.nn.Module, *, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _checkpoint_record(
+    model: torch.nn.Module, *, epoch: int, extra: dict[str, Any], parts: Parts | None = None
+) -> dict[str, Any]:
     """Everything but the weights: open_clip's keys plus lakd's metadata, as JSON-safe plain data."""
     model_cfg = getattr(model, "lakd_model_cfg", None)
     if model_cfg is None:
@@ -95,6 +131,8 @@ def _checkpoint_record(model: torch.nn.Module, *, epoch: int, extra: dict[str, A
         "spec": getattr(model, "lakd_spec", None),
         "preprocess_cfg": open_clip.get_model_preprocess_cfg(model),
     }
+    if parts:
+        core.update({"parts": sorted(parts), **{name: dict(meta) for name, (meta, _) in parts.items()}})
     clash = sorted(set(extra) & set(core))
     if clash:
         raise LakdError(f"extra: key {clash[0]!r} is reserved for lakd's own checkpoint metadata")
@@ -113,9 +151,23 @@ def load_checkpoint(
     A lakd checkpoint carries its config; an open_clip checkpoint (no ``model_cfg``) needs ``arch``
     (an open_clip config name or ``lakd:NAME``), which also overrides a stored config when given.
     The file's metadata (everything but weights and optimizer state) is attached as
-    ``model.lakd_checkpoint_meta``.
+    ``model.lakd_checkpoint_meta``. Extra parts (module docstring) are not read.
     """
+    return _load_checkpoint(Path(path), arch=arch, device=device, precision=precision)[0]
+
+
+def load_checkpoint_with_parts(
+    path: str | Path, *, arch: str | None = None, device: str = "cpu", precision: str = "fp32"
+):
+    """:func:`load_checkpoint` plus the checkpoint's extra parts -> (model, preprocess, tokenizer, parts)
+    with ``parts = {name: (metadata, state_dict on the CPU)}`` (empty when there are none)."""
     path = Path(path)
+    loaded, meta = _load_checkpoint(path, arch=arch, device=device, precision=precision)
+    return (*loaded, _read_parts(path, meta))
+
+
+def _load_checkpoint(path: Path, *, arch: str | None, device: str, precision: str):
+    """((model, preprocess, tokenizer), the file's metadata)."""
     state_dict, meta = read_checkpoint(path)
     lakd_meta = meta.get("lakd") if isinstance(meta.get("lakd"), dict) else {}
     if arch is not None:
@@ -131,9 +183,38 @@ def load_checkpoint(
     load_weights(model, state_dict, source=path, arch=model_name)
     preprocess_cfg = lakd_meta.get("preprocess_cfg")
     set_preprocess_cfg(model, preprocess_cfg if isinstance(preprocess_cfg, dict) else {})
-    model.lakd_checkpoint_meta = {key: value for key, value in meta.items() if key != "optimizer"}
+    part_keys = {f"{name}_state_dict" for name in lakd_meta.get("parts") or [] if isinstance(name, str)}
+    model.lakd_checkpoint_meta = {
+        key: value for key, value in meta.items() if key != "optimizer" and key not in part_keys
+    }
     tokenizer = tokenizer_for(model_cfg, model_name)
-    return finish(model, tokenizer, spec=str(path), model_cfg=model_cfg, model_name=model_name)
+    return finish(model, tokenizer, spec=str(path), model_cfg=model_cfg, model_name=model_name), meta
+
+
+def _read_parts(path: Path, meta: dict[str, Any]) -> Parts:
+    """The extra parts listed in ``lakd.parts``: tensors from ``<name>_state_dict`` (.pt) or their own file."""
+    lakd_meta = meta.get("lakd") if isinstance(meta.get("lakd"), dict) else {}
+    parts: Parts = {}
+    for name in lakd_meta.get("parts") or []:
+        part_meta = lakd_meta.get(name) if isinstance(name, str) else None
+        if not isinstance(part_meta, dict):
+            raise LakdError(f"{path}: extra part {name!r} has no metadata lakd.{name}")
+        part_meta = dict(part_meta)
+        if f"{name}_state_dict" in meta:
+            tensors = meta[f"{name}_state_dict"]
+            if not isinstance(tensors, dict) or not all(
+                isinstance(t, torch.Tensor) for t in tensors.values()
+            ):
+                raise LakdError(f"{path}: {name}_state_dict is not a dict of tensors")
+        else:
+            file = part_meta.pop("file", None)
+            if not isinstance(file, str) or Path(file).name != file or not file:
+                raise LakdError(
+                    f"{path}: extra part {name!r} names no file beside {path.name} (lakd.{name}.file)"
+                )
+            tensors, _ = read_checkpoint(path.with_name(file))
+        parts[name] = (part_meta, tensors)
+    return parts
 
 
 def export_local_dir(model: torch.nn.Module, out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -145,7 +226,7 @@ def export_local_dir(model: torch.nn.Module, out_dir: str | Path, *, overwrite: 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise LakdError(f"{out_dir}: already exists (use --overwrite to replace it)")
-    model = getattr(model, "module", model)
+    model, _ = split_parts(model)  # the bare model: a wrapper's extra parts are dropped
     record = _checkpoint_record(model, epoch=0, extra={})
     config = {
         "model_cfg": record["model_cfg"],
