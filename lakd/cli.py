@@ -326,6 +326,80 @@ def whiten_apply(
     typer.echo(f"wrote {store.n_items} items / {store.n_texts} captions, whitened, to {out}")
 
 
+# ---- geometry -----------------------------------------------------------------------------------
+
+geometry_app = typer.Typer(help="Geometry diagnostics of CLIP embedding spaces.", no_args_is_help=True)
+app.add_typer(geometry_app, name="geometry")
+
+ModelList = Annotated[
+    list[str] | None,
+    typer.Option("--model", help="Model spec or embedding store (repeatable; the first is the reference)."),
+]
+
+
+@geometry_app.command("report")
+def geometry_report_command(
+    out: Annotated[Path, typer.Option("--out", help="Report folder to write.")],
+    model: ModelList = None,
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Reference model spec or embedding store.")
+    ] = None,
+    student: Annotated[
+        list[str] | None, typer.Option("--student", help="Student model spec or store (repeatable).")
+    ] = None,
+    embeddings: Annotated[
+        list[str] | None,
+        typer.Option("--embeddings", help="Embedding store instead of a model (repeatable)."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data the models are embedded on (default shapes:val).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing report folder.")
+    ] = False,
+    sample_size: Annotated[
+        int, typer.Option("--sample-size", min=2, help="Rows per modality sampled by the analysis.")
+    ] = 2000,
+    tsne_items: Annotated[
+        int, typer.Option("--tsne-items", min=2, help="Items per modality in t-SNE.")
+    ] = 300,
+    text_view: Annotated[
+        str, typer.Option("--text-view", help="paired (each item's first caption) or all (every caption).")
+    ] = "paired",
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every sample and of t-SNE.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    image_root: ImageRoot = None,
+    download: Download = False,
+    allow_outside_root: AllowOutsideRoot = False,
+    csv_img_key: CsvImgKey = "filepath",
+    csv_caption_key: CsvCaptionKey = "title",
+    csv_sep: CsvSep = None,
+) -> None:
+    """Geometry report of one or more models: report.html, figures/*.png, metrics.json, metrics.csv."""
+    from lakd.analysis.report import ReportConfig, geometry_report, report_summary
+
+    cfg = ReportConfig(
+        out=str(out),
+        models=tuple(model or ()),
+        teacher=teacher,
+        students=tuple(student or ()),
+        embeddings=tuple(embeddings or ()),
+        data=data,
+        overwrite=overwrite,
+        sample_size=sample_size,
+        tsne_items=tsne_items,
+        text_view=text_view,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        source_options=_source_options(
+            image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep
+        ),
+    )
+    typer.echo(report_summary(geometry_report(cfg)))
+
+
 def _configure_logging(debug: bool) -> None:
     """Library log lines (skipped images, truncated captions, ...) as ``warning: ...`` on stderr."""
 

@@ -13,7 +13,7 @@ from lakd.cli import app, main
 from lakd.errors import LakdError
 
 # Commands that exist today; a command that is not built yet must not appear in --help.
-BUILT_COMMANDS = {"data", "embed", "demo", "eval", "whiten"}
+BUILT_COMMANDS = {"data", "embed", "demo", "eval", "whiten", "geometry"}
 
 
 def _command_names() -> set[str]:
@@ -133,6 +133,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for name in ("tiny-vit", "tiny-resnet"):
         assert (out / "models" / f"{name}.pt").is_file()
         assert json.loads((out / "embeddings" / name / "meta.json").read_text())["n_items"] == 16
+    # it ends with the geometry report of the teacher (tiny-vit) vs the student (tiny-resnet)
+    report = out / "report" / "report.html"
+    assert report.is_file() and f"report: {report}" in text
+    roles = [m["role"] for m in json.loads((out / "report" / "metrics.json").read_text())["models"]]
+    assert roles == ["teacher", "student"]
     # a second run replaces the demo's own folder ...
     assert main(["demo", "--out", str(out), "--n", "16"]) == 0
     # ... but never a folder the demo did not write

@@ -1,0 +1,286 @@
+"""``lakd geometry report``: models or embedding stores in, one report folder out.
+
+:func:`geometry_report` checks every input cheaply (model specs, stores, data source, item counts,
+output folder), then builds the report in a temporary folder beside ``out`` and renames it into
+place (:func:`lakd.io.atomic_dir`): models are embedded into ``embeddings/`` (reused from a previous
+report at ``out`` when overwriting), each model is analysed (:func:`lakd.analysis.analyze`; against
+the reference, i.e. the teacher or the first entry, for the alignment metrics), and the folder gets
+``metrics.json`` (source of truth), ``metrics.csv``, ``figures/*.png`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lakd import __version__
+from lakd.analysis.analyze import AnalysisConfig, analyze
+from lakd.analysis.report.figures import save_figures
+from lakd.analysis.report.html import render_page
+from lakd.analysis.report.inputs import (
+    CACHE_DIR,
+    TEXT_VIEWS,
+    ModelInput,
+    check_output,
+    chunk_sources,
+    make_inputs,
+    open_stores,
+    resolve_inputs,
+    reuse_cache,
+    row_labels,
+)
+from lakd.analysis.report.table import metrics_frame, summary_rows, terminal_summary
+from lakd.analysis.report.views import MODALITIES, ReportData, modality_view, model_data
+from lakd.data import SourceOptions
+from lakd.data.store import EmbeddingStore
+from lakd.errors import LakdError
+from lakd.io import atomic_dir, atomic_path, write_json, write_text
+
+FORMAT = "lakd-geometry-report/1"
+TEXT_VIEW_DESCRIPTIONS = {"paired": "each item's first caption", "all": "every caption"}
+VERDICT_RULES = {
+    "baseline": (
+        "{baseline} is the baseline: a later model is green where it is closer to {reference} than "
+        "{baseline}, red where farther; {baseline} itself is green within 10% of {reference}'s value."
+    ),
+    "tolerance": "Green: within 10% of {reference}'s value (at least 0.02); red: farther.",
+    "none": "One model: no comparison.",
+}
+
+
+@dataclass
+class ReportConfig:
+    """Arguments of :func:`geometry_report` (the CLI's ``lakd geometry report`` options).
+
+    Entries (each a model spec or an embedding-store folder): ``teacher``, then ``models``,
+    ``embeddings`` (stores only) and ``students``; the first entry is the reference. ``data``: what
+    the models are embedded on (default ``shapes:val``; with stores only, optional and used to check
+    their item count). ``sample_size``: rows per modality the analysis samples; ``plot_points``: rows
+    drawn in scatter plots; ``tsne_items``: rows per modality in the t-SNE; ``similarity_items``:
+    images in the similarity matrices. ``text_view``: ``paired`` (each item's first caption) or
+    ``all`` (every caption). ``analysis``: full analysis settings (default: from sample_size, seed).
+    """
+
+    out: str
+    models: tuple[str, ...] = ()
+    teacher: str | None = None
+    students: tuple[str, ...] = ()
+    embeddings: tuple[str, ...] = ()
+    data: str | None = None
+    overwrite: bool = False
+    sample_size: int = 2000
+    plot_points: int = 1000
+    tsne_items: int = 300
+    similarity_items: int = 40
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "cpu"
+    text_view: str = "paired"
+    chunk_size: int = 8192
+    source_options: SourceOptions = field(default_factory=SourceOptions)
+    analysis: AnalysisConfig | None = None
+
+    def validate(self) -> ReportConfig:
+        for name, least in (
+            ("sample_size", 2),
+            ("plot_points", 2),
+            ("tsne_items", 2),
+            ("similarity_items", 2),
+            ("batch_size", 1),
+            ("chunk_size", 1),
+            ("seed", 0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise LakdError(f"report {name}: must be an integer >= {least}, got {value!r}")
+        if self.text_view not in TEXT_VIEWS:
+            raise LakdError(f"--text-view: unknown {self.text_view!r} (choose from {', '.join(TEXT_VIEWS)})")
+        if not self.out:
+            raise LakdError("--out: give the report folder to write")
+        self.analysis_config().validate()
+        return self
+
+    def analysis_config(self) -> AnalysisConfig:
+        return self.analysis or AnalysisConfig(
+            sample_size=self.sample_size, seed=self.seed, chunk_size=self.chunk_size
+        )
+
+
+def geometry_report(cfg: ReportConfig) -> Path:
+    """Write the report folder ``cfg.out`` and return its path (see the module doc).
+
+    Raises LakdError before any embedding or analysis for a missing model file, an unknown data
+    source, a store whose item count differs from the others or from the data, an output folder
+    that exists (without ``overwrite``) or cannot be written.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students)
+    data, stores = resolve_inputs(inputs, cfg.data, cfg.source_options)
+    check_output(out, cfg.overwrite)
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        cache = tmp / CACHE_DIR
+        if data is not None:
+            reuse_cache(inputs, data, cfg.source_options, out / CACHE_DIR, cache)
+        opened = open_stores(
+            inputs,
+            stores,
+            data,
+            cache,
+            options=cfg.source_options,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+        )
+        write_report(assemble(cfg, inputs, opened, data, root=tmp), tmp)
+    return out
+
+
+def write_report(report: ReportData, folder: Path) -> None:
+    """``figures/*.png``, ``metrics.json``, ``metrics.csv`` and ``report.html`` of ``report`` into ``folder``."""
+    meta = report.meta
+    meta["figures"] = [str(path.relative_to(folder)) for path in save_figures(report, folder / "figures")]
+    write_json(folder / "metrics.json", meta)
+    roles = {model["name"]: model["role"] for model in meta["models"]}
+    with atomic_path(folder / "metrics.csv") as path:
+        metrics_frame(meta["results"], roles).to_csv(path, index=False)
+    write_text(folder / "report.html", render_page(report))
+
+
+def assemble(
+    cfg: ReportConfig,
+    inputs: list[ModelInput],
+    stores: dict[str, EmbeddingStore],
+    data: str | None,
+    root: Path,
+) -> ReportData:
+    """Analyse every store, sample its rows for the figures, and describe the run (store paths
+    inside the report folder ``root`` are recorded relative to it)."""
+    config = cfg.analysis_config()
+    sources = {name: chunk_sources(store, cfg.text_view, cfg.chunk_size) for name, store in stores.items()}
+    reference = inputs[0].name
+    models, results = [], {}
+    for index, entry in enumerate(inputs):
+        own = sources[entry.name]
+        result = analyze(own, reference=None if index == 0 else sources[reference], config=config)
+        results[entry.name] = result.to_dict()
+        views = {
+            modality: modality_view(
+                own[modality],
+                f"{entry.name} {modality}",
+                sample_size=cfg.plot_points,
+                seed=cfg.seed,
+                chunk_size=cfg.chunk_size,
+            )
+            for modality in MODALITIES
+        }
+        models.append(
+            model_data(
+                entry,
+                index,
+                results[entry.name],
+                views,
+                tsne_items=cfg.tsne_items,
+                similarity_items=cfg.similarity_items,
+                seed=cfg.seed,
+            )
+        )
+    dims = {model.name: model.dim for model in models}
+    first = stores[reference]
+    meta = {
+        "format": FORMAT,
+        "lakd_version": __version__,
+        "data": data,
+        "source_options": asdict(cfg.source_options),
+        "n_items": first.n_items,
+        "text_view": cfg.text_view,
+        "text_view_description": TEXT_VIEW_DESCRIPTIONS[cfg.text_view],
+        "text_rows": models[0].views["text"].n,
+        "reference": reference,
+        "models": [describe_model(entry, stores[entry.name], root) for entry in inputs],
+        "sampling": {
+            "seed": cfg.seed,
+            "analysis_sample_size": config.sample_size,
+            "plot_points": cfg.plot_points,
+            "tsne_items": cfg.tsne_items,
+            "similarity_items": cfg.similarity_items,
+        },
+        "analysis_config": config.to_dict(),
+        "alignment": alignment_description(dims, reference, config),
+        "verdict_rule": verdict_rule([entry.name for entry in inputs]),
+        "summary": summary_rows(results, dims),
+        "figures": [],
+        "results": results,
+    }
+    labels = row_labels(first, cfg.text_view)
+    return ReportData(models=models, labels=labels, meta=meta)
+
+
+def describe_model(entry: ModelInput, store: EmbeddingStore, root: Path) -> dict:
+    path = store.path.relative_to(root) if store.path.is_relative_to(root) else store.path
+    return {
+        "name": entry.name,
+        "role": entry.role,
+        "spec": entry.spec,
+        "kind": entry.kind,
+        "model": store.meta.get("model"),
+        "source": store.meta.get("source"),
+        "embeddings": str(path),
+        "dims": {"image": store.dim("image"), "text": store.dim("text")},
+    }
+
+
+def alignment_description(dims: dict[str, int], reference: str, config: AnalysisConfig) -> dict:
+    """Which alignment metrics the report computes and how it handles differing dimensions."""
+    others = [name for name in dims if name != reference]
+    differing = [name for name in others if dims[name] != dims[reference]]
+    if not others:
+        note = "One model: geometry diagnostics only; no alignment metrics."
+    else:
+        note = (
+            f"Alignment with {reference} on the same {config.sample_size} sampled items (at most): linear CKA, "
+            f"mutual {config.knn_k}-NN overlap (cosine), Spearman correlation of cosine-similarity matrices "
+            f"({config.spearman_sample_size} items), top-1 retrieval agreement and the orthogonal Procrustes "
+            "residual after centring and scaling."
+        )
+    if differing:
+        sizes = ", ".join(f"{name}: {dims[name]}" for name in [reference, *differing])
+        note += (
+            f" Dimensions differ ({sizes}): models are compared on dimension-free metrics (effective rank and "
+            "anisotropy get no delta); CKA, k-NN overlap, similarity Spearman and retrieval agreement need no "
+            "shared space, and Procrustes maps the smaller space into the larger by a semi-orthogonal "
+            "projection (zero padding), with no learned map."
+        )
+    return {
+        "metrics": [
+            "linear_cka",
+            "knn_overlap",
+            "similarity_spearman",
+            "retrieval_agreement",
+            "procrustes_residual",
+        ]
+        if others
+        else [],
+        "dims": dims,
+        "dims_differ": bool(differing),
+        "note": note,
+    }
+
+
+def verdict_rule(names: list[str]) -> str:
+    """The colour rule of the summary table in words (see :mod:`lakd.analysis.report.table`)."""
+    if len(names) == 1:
+        return VERDICT_RULES["none"]
+    if len(names) >= 3:
+        return VERDICT_RULES["baseline"].format(reference=names[0], baseline=names[1])
+    return VERDICT_RULES["tolerance"].format(reference=names[0])
+
+
+def report_summary(out: str | Path) -> str:
+    """The terminal summary of a finished report folder (read from its metrics.json)."""
+    out = Path(out)
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LakdError(f"{out / 'metrics.json'}: cannot read the report's metrics ({err})") from None
+    return terminal_summary(metrics, str(out / "report.html"))

@@ -1,0 +1,58 @@
+"""Atomic writes: the final name appears only when complete, with ordinary permissions."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from lakd.errors import LakdError
+from lakd.io import atomic_dir, atomic_path, write_json
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_path_renames_on_success_with_umask_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "a" / "x.txt"
+        with atomic_path(target) as tmp:
+            tmp.write_text("hello")
+            assert not target.exists()
+        assert target.read_text() == "hello"
+        assert _mode(target) == 0o644
+    finally:
+        os.umask(mask)
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "x.json"
+    write_json(target, {"old": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text().strip().startswith("{") and "old" in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_atomic_dir_permissions_overwrite_and_cleanup(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        with atomic_dir(out) as tmp:
+            (tmp / "f").write_text("1")
+        assert _mode(out) == 0o755 and (out / "f").read_text() == "1"
+        with pytest.raises(LakdError, match="--overwrite"):
+            with atomic_dir(out) as tmp:
+                (tmp / "f").write_text("2")
+        assert (out / "f").read_text() == "1"
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "g").write_text("3")
+        assert sorted(p.name for p in out.iterdir()) == ["g"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    finally:
+        os.umask(mask)
