@@ -1,2 +1,3 @@
 """lakd: latent-alignment-aware knowledge distillation of CLIP."""
+
 __version__ = "0.1.0"
