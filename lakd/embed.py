@@ -197,22 +197,13 @@ def distributed_context(device: str) -> tuple[int, int, str, bool]:
     return dist.get_rank(), dist.get_world_size(), device, not joined
 
 
-def load_embedding_model(spec: str, *, device: str = "cpu", arch: str | None = None):
-    """:func:`lakd.models.load_model` with the global RNG seeded to 0 (and restored afterwards), so
-    random-init specs (``lakd:NAME``) get the same weights on every rank, on resume, and in any other
-    code that embeds with the same spec (e.g. class prompts beside a store)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return load_model(spec, device=device, arch=arch)
-
-
 def embed(cfg: EmbedConfig) -> EmbeddingStore:
     """Embed ``cfg.data`` with ``cfg.model`` into the store ``cfg.out`` and return it opened."""
     if cfg.batch_size < 1:
         raise LakdError(f"batch_size: must be positive, got {cfg.batch_size}")
     rank, world_size, device, owns_group = distributed_context(cfg.device)
     try:
-        model, preprocess, tokenizer = load_embedding_model(cfg.model, device=device, arch=cfg.arch)
+        model, preprocess, tokenizer = load_model(cfg.model, device=device, arch=cfg.arch)
         source = open_source(cfg.data, cfg.source_options)
         if len(source) == 0:
             raise LakdError(f"{cfg.data}: the data source has no items")

@@ -38,7 +38,7 @@ def forbid_embedding(monkeypatch):
         raise AssertionError("embedded again instead of using the cache")
 
     monkeypatch.setattr(lakd.eval.cache, "embed", refuse)
-    monkeypatch.setattr(lakd.eval.cache, "load_embedding_model", refuse)
+    monkeypatch.setattr(lakd.eval.cache, "load_model", refuse)
 
 
 def test_all_tasks_on_shapes_val(val_run):

@@ -439,3 +439,16 @@ def test_local_dir_with_broken_config_is_a_one_line_error(tmp_path):
     (tmp_path / "open_clip_config.json").write_text("{broken")
     with pytest.raises(LakdError, match=f"local-dir:{tmp_path}: open_clip could not load it"):
         load_model(f"local-dir:{tmp_path}")
+
+
+def test_random_init_specs_are_seeded_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, _, _ = load_model("lakd:tiny-vit")
+    b, _, _ = load_model("lakd:tiny-vit")
+    c, _, _ = load_model("lakd:tiny-vit", seed=1)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is untouched
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)

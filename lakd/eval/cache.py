@@ -20,10 +20,11 @@ from typing import Any
 
 from lakd.data import SourceOptions
 from lakd.data.store import CLASSES_NAME, ClassPrompts, EmbeddingStore, write_class_prompts
-from lakd.embed import EmbedConfig, embed, load_embedding_model
+from lakd.embed import EmbedConfig, embed
 from lakd.errors import LakdError
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.io import write_json
+from lakd.models import load_model
 
 CACHE_FILE = "eval-cache.json"
 
@@ -124,7 +125,7 @@ def ensure_class_prompts(
         prompts = None  # a damaged cache file is rebuilt below
     if prompts is not None and prompts.classnames == classnames and prompts.templates == list(templates):
         return prompts
-    net, _, tokenizer = load_embedding_model(model, device=device, arch=arch)
+    net, _, tokenizer = load_model(model, device=device, arch=arch)
     embeddings = embed_class_prompts(
         net, tokenizer, classnames, list(templates), batch_size=batch_size, device=device
     )

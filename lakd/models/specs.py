@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import huggingface_hub
 import open_clip
+import torch
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from lakd.errors import LakdError
@@ -66,15 +67,28 @@ def accepted_forms() -> str:
 
 
 def load_model(
-    spec: str | os.PathLike, *, device: str = "cpu", arch: str | None = None, precision: str = "fp32"
+    spec: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    arch: str | None = None,
+    precision: str = "fp32",
+    seed: int = 0,
 ):
     """Resolve a model spec -> (model in eval mode, eval preprocess, tokenizer).
 
     The model carries ``lakd_spec``, ``lakd_model_cfg`` (the open_clip config it was built from)
     and ``lakd_model_name`` (the open_clip config name, or None). ``arch`` applies to checkpoint
-    files only (an open_clip checkpoint has no config of its own).
+    files only (an open_clip checkpoint has no config of its own). Random-init weights
+    (``lakd:NAME``, ``open_clip:ARCH`` without a tag) are drawn from torch's CPU generator seeded
+    with ``seed``, so a spec names the same weights in every process, rank and rerun; the caller's
+    random state is left as it was.
     """
-    spec = os.fspath(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _resolve(os.fspath(spec), device=device, arch=arch, precision=precision)
+
+
+def _resolve(spec: str, *, device: str, arch: str | None, precision: str):
     check_precision(precision)
     options = LoadOptions(device=device, arch=arch, precision=precision)
     prefix, sep, rest = spec.partition(":")
