@@ -452,3 +452,15 @@ def test_random_init_specs_are_seeded_and_leave_the_global_rng_alone():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_safetensors_weights_replaced_after_saving_are_detected(tmp_path):
+    model, _, _ = load_model("lakd:tiny-vit")
+    first = save_checkpoint(model, tmp_path / "a.safetensors")
+    sidecar = json.loads((tmp_path / "a.safetensors.json").read_text())
+    assert len(sidecar["lakd"]["weights_sha256"]) == 64
+    other, _, _ = load_model("lakd:tiny-vit", seed=1)
+    save_checkpoint(other, tmp_path / "b.safetensors")
+    (tmp_path / "b.safetensors").replace(first)  # new weights under the old sidecar
+    with pytest.raises(LakdError, match=r"a.safetensors: weights do not match a.safetensors.json"):
+        load_model(str(first))

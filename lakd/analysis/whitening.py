@@ -16,7 +16,6 @@ of that (eps = 0 with N <= d, constant or duplicated coordinates) is refused wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from lakd import __version__
 from lakd.analysis.inputs import ArrayLike, ChunkSource, as_float64
 from lakd.analysis.moments import Moments, ReservoirSample, numerical_rank, sorted_eigh
 from lakd.errors import LakdError
-from lakd.io import atomic_path, write_json
+from lakd.io import atomic_path, file_sha256, write_json
 
 FORMAT = "lakd-whitening/1"
 
@@ -124,7 +123,7 @@ class WhiteningStats:
         tensors = {"mu": self.mu, "W": self.W, "eigenvalues": self.eigenvalues}
         with atomic_path(path) as tmp:
             save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, tmp)
-            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            digest = file_sha256(tmp)
         write_json(sidecar_path(path), {**self.metadata(), "tensors_sha256": digest})
         return path
 
@@ -148,7 +147,7 @@ class WhiteningStats:
             tensors = load_file(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise LakdError(f"{path}: not a readable safetensors file ({err})") from None
-        if hashlib.sha256(path.read_bytes()).hexdigest() != meta.get("tensors_sha256"):
+        if file_sha256(path) != meta.get("tensors_sha256"):
             raise LakdError(f"{path}: contents do not match {sidecar.name} (file replaced or half-written)")
         return cls._from_parts(path, tensors, meta)
 

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 import lakd
 from lakd.errors import LakdError
-from lakd.io import atomic_dir, atomic_path, write_json
+from lakd.io import atomic_dir, atomic_path, file_sha256, write_json
 from lakd.models.build import finish, model_from_cfg, resolve_arch, set_preprocess_cfg, tokenizer_for
 from lakd.models.safe_load import StateDict, load_weights, read_checkpoint, sidecar_path
 
@@ -104,16 +104,20 @@ def _write_safetensors(
     for name, part in parts.items():  # parts first: the sidecar, written last, names them
         _write_safetensors_weights(part_file(path, name), part)
         record["lakd"][name]["file"] = part_file(path, name).name
-    _write_safetensors_weights(path, state_dict)
+    # the sidecar records the weights' digest: a crash between the two renames, or weights replaced
+    # later, is detected on load instead of pairing new weights with old metadata
+    record["lakd"]["weights_sha256"] = _write_safetensors_weights(path, state_dict)
     write_json(sidecar_path(path), record)
 
 
-def _write_safetensors_weights(path: Path, state_dict: StateDict) -> None:
+def _write_safetensors_weights(path: Path, state_dict: StateDict) -> str:
+    """Write the tensors atomically; return the SHA-256 of the file."""
     tensors = {
         key: value.contiguous().clone() for key, value in state_dict.items()
     }  # clone: no shared storage
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        return file_sha256(tmp)
 
 
 def _checkpoint_record(

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lakd.errors import LakdError
+from lakd.io import file_sha256
 from lakd.models.build import first_line
 
 StateDict = dict[str, torch.Tensor]
@@ -106,6 +107,9 @@ def read_safetensors(path: Path) -> tuple[StateDict, dict[str, Any]]:
         raise LakdError(f"{sidecar}: not valid JSON ({first_line(err)})") from None
     if not isinstance(meta, dict):
         raise LakdError(f"{sidecar}: expected a JSON object with model_cfg and lakd metadata")
+    digest = (meta.get("lakd") or {}).get("weights_sha256") if isinstance(meta.get("lakd"), dict) else None
+    if digest is not None and digest != file_sha256(path):
+        raise LakdError(f"{path}: weights do not match {sidecar.name} (file replaced or half-written)")
     return state_dict, meta
 
 
