@@ -50,22 +50,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
-    An existing ``path`` is replaced only when ``overwrite`` is true (checked by the caller
-    before heavy work; re-checked here).
+    An existing ``path`` is replaced only when ``overwrite`` is true (callers check this, and
+    whether the folder is theirs to replace, before heavy work; it is re-checked here). The old
+    folder is renamed aside first and removed only once the new one is in place, so a failure at
+    any point leaves either the old or the new folder under ``path``.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     _chmod_default(tmp, folder=True)
     try:
         yield tmp
-        if path.exists():
-            if not overwrite:
-                from lakd.errors import LakdError
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        if not overwrite:
+            from lakd.errors import LakdError
 
-                raise LakdError(f"{path}: already exists (use --overwrite to replace it)")
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
+            raise LakdError(f"{path}: already exists (use --overwrite to replace it)")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old / path.name, path)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -56,3 +56,25 @@ def test_atomic_dir_permissions_overwrite_and_cleanup(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     finally:
         os.umask(mask)
+
+
+def test_atomic_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("kept")
+    real_replace = os.replace
+    calls = []
+
+    def failing_second_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new folder moving into place
+            raise OSError("disk trouble")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_second_replace)
+    with pytest.raises(OSError, match="disk trouble"):
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "new").write_text("x")
+    monkeypatch.undo()
+    assert (out / "old").read_text() == "kept" and not (out / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
