@@ -355,7 +355,8 @@ def geometry_report_command(
         str | None, typer.Option("--data", help="Data the models are embedded on (default shapes:val).")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing report folder.")
+        bool,
+        typer.Option("--overwrite", help="Replace a previous lakd report at --out (never any other folder)."),
     ] = False,
     sample_size: Annotated[
         int, typer.Option("--sample-size", min=2, help="Rows per modality sampled by the analysis.")

@@ -3,7 +3,10 @@ escaping, summary verdicts, bad input before any work, overwrite protection, ato
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +16,24 @@ import torch
 from PIL import Image
 
 import lakd.analysis.report.build as build
+import lakd.eval.cache
 from lakd.analysis import AnalysisConfig, GeometryResult, analyze
 from lakd.analysis.report import ReportConfig, geometry_report, report_summary
-from lakd.analysis.report.figures import DRAW, pixel_size
-from lakd.analysis.report.html import BUILD
-from lakd.analysis.report.table import summary_rows, verdict
-from lakd.analysis.report.views import FIGURES
+from lakd.analysis.report.figures import DRAW, SIMILARITY_PANELS, bar_limits, pixel_size, save_figure
+from lakd.analysis.report.html import BUILD, _hover_data, build_alignment, render_page, summary_table
+from lakd.analysis.report.inputs import REPORT_FORMAT, ModelInput
+from lakd.analysis.report.table import legend_text, summary_rows, verdict
+from lakd.analysis.report.views import FIGURES, ReportData, spectrum_values
 from lakd.cli import main
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
 from lakd.eval.inputs import write_embeddings
 
 N = 80
-EVIL = "<script>window.__pwned = 1</script> & <b>bold</b>"
+EVIL = '<script>window.__pwned = 1</script> & <b>"bold"</b>'
 
 
-def synthetic_store(path: Path, dim: int, seed: int, n: int = N) -> EmbeddingStore:
+def synthetic_store(path: Path, dim: int, seed: int, n: int = N, prefix: str = "item") -> EmbeddingStore:
     """Two captions per item (text rows 2n); image and text share an 8-d latent, offset means."""
     rng = np.random.default_rng(seed)
     latent = np.random.default_rng(0).normal(size=(n, 8))
@@ -46,16 +51,21 @@ def synthetic_store(path: Path, dim: int, seed: int, n: int = N) -> EmbeddingSto
         text=torch.tensor(text, dtype=torch.float32),
         text_item=torch.arange(n).repeat_interleave(2),
         captions=captions,
-        ids=[f"item-{i:03d}" for i in range(n)],
+        ids=[f"{prefix}-{i:03d}" for i in range(n)],
     )
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stores")
-    paths = {"teacher": (48, 1, N), "student": (24, 2, N), "short": (24, 3, 50)}
-    for name, (dim, seed, n) in paths.items():
-        synthetic_store(root / name, dim, seed, n)
+    paths = {
+        "teacher": (48, 1, N, "item"),
+        "student": (24, 2, N, "item"),
+        "short": (24, 3, 50, "item"),
+        "other_ids": (24, 4, N, "other"),
+    }
+    for name, (dim, seed, n, prefix) in paths.items():
+        synthetic_store(root / name, dim, seed, n, prefix)
     return {name: root / name for name in paths}
 
 
@@ -63,10 +73,21 @@ def small(out: Path, **fields) -> ReportConfig:
     return ReportConfig(out=str(out), tsne_items=30, plot_points=N, similarity_items=20, **fields)
 
 
+CAPTURED: dict[str, ReportData] = {}
+
+
 @pytest.fixture(scope="module")
 def pair(stores, tmp_path_factory) -> Path:
+    """The teacher-vs-student report; its ReportData is kept in CAPTURED["pair"]."""
     out = tmp_path_factory.mktemp("pair") / "report"
-    return geometry_report(small(out, teacher=str(stores["teacher"]), students=(str(stores["student"]),)))
+
+    def capture(data):
+        CAPTURED["pair"] = data
+        return render_page(data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "render_page", capture)
+        return geometry_report(small(out, teacher=str(stores["teacher"]), students=(str(stores["student"]),)))
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +193,8 @@ def test_html_is_self_contained_and_escapes_captions(pair):
     assert page.count("<script") >= 8 and "<script src" not in page and "<link" not in page
     assert "Plotly.newPlot" in page and len(page) > 1_000_000  # plotly.js is inlined
     assert page.index("<table class='summary'>") < page.index("figure-ellipsoids")  # summary first
-    assert "<script>window.__pwned" not in page and "<b>bold</b>" not in page
-    assert "&lt;script&gt;window.__pwned = 1&lt;" in page and "&amp; &lt;b&gt;bold&lt;" in page
+    assert "<script>window.__pwned" not in page and '<b>"bold"' not in page
+    assert "&lt;script&gt;window.__pwned = 1&lt;" in page and r"&amp; &lt;b&gt;\"bold\"&lt;" in page
     assert "item-000" in page  # hover data carries ids
     assert "class='towards'" in page or "class='away'" in page
 
@@ -218,28 +239,57 @@ def test_cli_report_from_stores(stores, tmp_path, capsys):
     assert err.startswith("error: ") and "--overwrite" in err and len(err.strip().splitlines()) == 1
 
 
-def test_verdict_rules():
-    assert verdict(0.95, 1.0) == "towards" and verdict(0.5, 1.0) == "away"  # within 10% of the reference
-    assert verdict(0.01, 0.0) == "towards" and verdict(0.05, 0.0) == "away"  # at least 0.02
+def test_verdict_rules_per_metric():
+    assert verdict(0.95, 1.0) == "towards" and verdict(0.5, 1.0) == "away"  # relative: within 10%
+    # no absolute floor: a shell CV of 0.015 is three times the reference's 0.005
+    assert verdict(0.015, 0.005) == "away" and verdict(0.0052, 0.005) == "towards"
+    assert verdict(0.0, 0.0) == "towards" and verdict(0.01, 0.0) == "away"
+    # conformity r: 1 - r on a log scale (0.995 is 25 times farther from 1 than 0.9998)
+    assert verdict(0.995, 0.9998, rule="pearson_r") == "away"
+    assert verdict(0.9997, 0.9998, rule="pearson_r") == "towards"
+    assert (
+        verdict(0.9, 0.95, rule="pearson_r") == "towards" and verdict(0.5, 0.95, rule="pearson_r") == "away"
+    )
+    # pass rates: percentage points
+    assert verdict(0.93, 0.96, rule="points") == "towards" and verdict(0.85, 0.96, rule="points") == "away"
+    # with a baseline: within tolerance, or closer than the baseline
     assert verdict(0.8, 1.0, baseline=0.5) == "towards" and verdict(0.4, 1.0, baseline=0.5) == "away"
+    assert verdict(0.98, 1.0, baseline=0.99) == "towards"  # farther than the baseline but matching
     assert verdict(1.5, 1.0, baseline=0.5) is None  # as far as the baseline
     assert verdict(None, 1.0) is None
 
 
-def _result(offset: float, rank: float, dim: int, cka: float | None = None) -> dict:
+def test_legend_states_the_rules():
+    one, two, three = legend_text(["t"]), legend_text(["t", "s"]), legend_text(["t", "b", "d"])
+    assert "no colours" in one
+    assert "within 10%" in two and "percentage points" in two and "1 - r" in two
+    assert "conformity r" in two and "uncoloured" in two and "'-'" in two
+    assert "b is the baseline" in three and "better aligned" in three and "lower for the Procrustes" in three
+
+
+def _result(
+    offset: float | None,
+    rank: float,
+    dim: int,
+    cka: float | None = None,
+    procrustes: float | None = None,
+    conformity_r: float | None = None,
+) -> dict:
     spectrum = {"effective_rank": rank}
     modality = {"dim": dim, "ellipsoid": {"offset_ratio": offset, "spectrum": spectrum}}
+    if conformity_r is not None:
+        modality["conformity"] = {"fit_vs_cosine_to_mean": {"pearson_r": conformity_r}}
     result = {"modalities": {"image": modality}, "cross_modal": {}, "alignment": {}}
     if cka is not None:
-        result["alignment"] = {"image": {"linear_cka": cka}}
+        result["alignment"] = {"image": {"linear_cka": cka, "procrustes_residual": procrustes}}
     return result
 
 
 def test_summary_rows_with_a_baseline_student():
     results = {
-        "teacher": _result(1.0, 40.0, 64),
-        "baseline": _result(0.4, 20.0, 64, cka=0.5),
-        "distilled": _result(0.8, 50.0, 64, cka=0.9),
+        "teacher": _result(1.0, 40.0, 64, conformity_r=0.9998),
+        "baseline": _result(0.4, 20.0, 64, cka=0.5, procrustes=0.6, conformity_r=0.99),
+        "distilled": _result(0.8, 50.0, 64, cka=0.9, procrustes=0.7, conformity_r=0.9997),
     }
     rows = {(r["label"], r["modality"]): r for r in summary_rows(results, {n: 64 for n in results})}
     offset = rows[("offset ratio", "image")]
@@ -247,23 +297,135 @@ def test_summary_rows_with_a_baseline_student():
     assert offset["deltas"]["distilled"] == pytest.approx(-0.2)
     rank = rows[("eff. rank", "image")]  # same dims, so compared: |50 - 40| < |20 - 40|
     assert rank["verdicts"]["distilled"] == "towards" and rank["deltas"]["baseline"] == pytest.approx(-20)
+    r = rows[("conformity r", "image")]
+    assert r["verdicts"] == {"baseline": "away", "distilled": "towards"}
+    # alignment rows: no reference value; the later model against the baseline, the baseline uncoloured
     cka = rows[("CKA to reference", "image")]
-    assert cka["values"]["teacher"] is None and cka["verdicts"] == {
-        "baseline": "away",
-        "distilled": "towards",
-    }
+    assert cka["values"]["teacher"] is None
+    assert cka["verdicts"] == {"baseline": None, "distilled": "towards"}
+    assert cka["deltas"]["baseline"] is None and cka["deltas"]["distilled"] == pytest.approx(0.4)
+    procrustes = rows[("Procrustes residual", "image")]  # lower is better: 0.7 > 0.6 is worse
+    assert procrustes["verdicts"] == {"baseline": None, "distilled": "away"}
+    assert "delta against baseline" in cka["note"]
     assert ("k-NN overlap", "image") not in rows  # absent everywhere: no row
+
+
+def test_alignment_rows_are_uncoloured_with_one_student():
+    results = {"teacher": _result(1.0, 40.0, 64), "student": _result(1.02, 41.0, 64, cka=0.97)}
+    rows = {(r["label"], r["modality"]): r for r in summary_rows(results, {"teacher": 64, "student": 64})}
+    cka = rows[("CKA to reference", "image")]
+    assert cka["values"]["student"] == 0.97
+    assert cka["deltas"] == {"student": None} and cka["verdicts"] == {"student": None}
+    assert rows[("offset ratio", "image")]["verdicts"] == {"student": "towards"}
+
+
+def test_cells_without_a_delta_are_never_coloured():
+    results = {
+        "teacher": _result(1.0, 40.0, 64),
+        "baseline": _result(None, 20.0, 32, cka=0.5),  # offset ratio missing; dims differ
+        "distilled": _result(0.8, 10.0, 16, cka=0.9),
+    }
+    summary = summary_rows(results, {"teacher": 64, "baseline": 32, "distilled": 16})
+    for row in summary:
+        for name, delta in row["deltas"].items():
+            assert delta is not None or row["verdicts"][name] is None, row
+    rows = {(r["label"], r["modality"]): r for r in summary}
+    assert rows[("eff. rank", "image")]["verdicts"] == {"baseline": None, "distilled": None}
+    assert rows[("offset ratio", "image")]["verdicts"]["baseline"] is None
+    metrics = {"models": [{"name": n} for n in results], "summary": summary}
+    table = summary_table(metrics)
+    for cells in table.split("<tr>")[2:]:
+        for cell in cells.split("<td")[1:]:
+            if cell.split(">", 1)[1].startswith("-<"):
+                assert "class='towards'" not in cell and "class='away'" not in cell, cells
+    assert "class='towards'" in table  # distilled's CKA row is coloured
+
+
+def test_html_summary_leaves_dimension_dependent_cells_uncoloured(pair):
+    page = (pair / "report.html").read_text()
+    row = page[page.index("<td class='label'>eff. rank</td>") :].split("</tr>")[0]
+    assert "towards" not in row and "away" not in row and ">-</td>" in row
+    cka = page[page.index("<td class='label'>CKA to reference</td>") :].split("</tr>")[0]
+    assert "towards" not in cka and "away" not in cka  # one student: alignment rows uncoloured
+
+
+def test_hover_text_keeps_quotes_and_escapes_tags(pair):
+    data = CAPTURED["pair"]
+    item_id, caption = _hover_data(data, "image", np.array([0]))[0]
+    assert item_id == "item-000"
+    assert caption == '&lt;script&gt;window.__pwned = 1&lt;/script&gt; &amp; &lt;b&gt;"bold"&lt;/b&gt;'
+
+
+def test_alignment_figure_shares_one_colour_scale_and_compares_pairs(pair):
+    data = CAPTURED["pair"]
+    fig = build_alignment(data)
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heatmaps) == 2 and len({(t.zmin, t.zmax) for t in heatmaps}) == 1
+    assert [bool(t.showscale) for t in heatmaps] == [True, False]
+    low = min(float(np.min(t.z)) for t in heatmaps)
+    assert heatmaps[0].zmin == pytest.approx(low) and heatmaps[0].zmax == pytest.approx(1.0)
+    q = len(data.reference.similarity["rows"])
+    pairs = [t for t in fig.data if t.type == "scatter" and "cosines" in (t.name or "")]
+    assert len(pairs) == 1 and len(pairs[0].x) == q * (q - 1) // 2
+    teacher = data.reference.similarity["matrix"]
+    assert pairs[0].x[0] == pytest.approx(teacher[0, 1])
+
+
+def test_alignment_bars_show_negative_values_and_mark_missing_ones(pair, tmp_path):
+    assert bar_limits([0.3, -0.4, None]) == (pytest.approx(-0.45), 1.05)
+    assert bar_limits([0.3, None]) == (0.0, 1.05)
+    data = CAPTURED["pair"]
+    student = copy.deepcopy(data.others[0])
+    alignment = student.result["alignment"]["image"]
+    alignment["similarity_spearman"]["rho"] = -0.3
+    del alignment["knn_overlap"]
+    changed = ReportData(models=[data.reference, student], labels=data.labels, meta=data.meta)
+    fig = build_alignment(changed)
+    image_bars = next(t for t in fig.data if t.type == "bar" and t.name.endswith("image"))
+    labels = list(image_bars.x)
+    assert image_bars.text[labels.index("k-NN overlap")] == "n/a"
+    assert image_bars.y[labels.index("similarity rho")] == pytest.approx(-0.3)
+    assert fig.layout.yaxis.range[0] < -0.3
+    info = next(info for info in FIGURES if info.name == "alignment")
+    assert save_figure(info, changed, tmp_path).stat().st_size > 10_000
+
+
+def test_alignment_figure_says_which_models_it_leaves_out(pair, tmp_path):
+    data = CAPTURED["pair"]
+    extra = [
+        dataclasses.replace(data.others[0], entry=ModelInput(f"extra{i}", "student", "x", "embeddings"))
+        for i in range(SIMILARITY_PANELS)
+    ]
+    many = ReportData(models=[data.reference, data.others[0], *extra], labels=data.labels, meta=data.meta)
+    fig = build_alignment(many)
+    assert sum(t.type == "heatmap" for t in fig.data) == SIMILARITY_PANELS
+    notes = [a.text for a in fig.layout.annotations if "left out" in a.text]
+    assert notes and "extra2, extra3" in notes[0] and "extra1" not in notes[0]
+    info = next(info for info in FIGURES if info.name == "alignment")
+    assert save_figure(info, many, tmp_path).is_file()
+
+
+def test_spectra_stop_at_the_numerical_rank():
+    spectrum = {"eigenvalues": [3.0, 1.0, 1e-15, 0.0], "total_variance": 4.0, "numerical_rank": 2}
+    values, dim = spectrum_values(spectrum)
+    assert values.tolist() == [0.75, 0.25] and dim == 4
+    noisy = {"eigenvalues": [3.0, 1.0, 1e-14], "total_variance": 4.0}  # no rank given: 1e-12 of the total
+    assert len(spectrum_values(noisy)[0]) == 2
 
 
 # ---- bad input: one LakdError before any heavy work, nothing written ---------------------------
 
 
 @pytest.fixture
-def no_analysis(monkeypatch):
+def no_work(monkeypatch):
+    """Fail the test if a model is embedded or an analysis starts."""
+
     def refuse(*args, **kwargs):
-        raise AssertionError("analysis started before the input was checked")
+        raise AssertionError("embedding or analysis started before the input was checked")
 
     monkeypatch.setattr(build, "analyze", refuse)
+    monkeypatch.setattr(lakd.eval.cache, "cached_store", refuse)
+    monkeypatch.setattr(lakd.eval.cache, "embed", refuse)
 
 
 @pytest.mark.parametrize(
@@ -274,26 +436,36 @@ def no_analysis(monkeypatch):
         ({"models": ("lakd:tiny-vit",), "data": "{tmp}/missing.csv"}, "missing.csv: no such file or folder"),
         ({"embeddings": ("{tmp}",)}, "not an embedding store"),
         ({"teacher": "{teacher}", "students": ("{short}",)}, "50 items but"),
+        ({"teacher": "{teacher}", "students": ("{other_ids}",)}, "item ids differ from"),
         ({"embeddings": ("{teacher}",), "data": "shapes:val?n=10"}, "80 source items but --data"),
+        # the same count but other items: caught from the source's ids, before the model is embedded
+        (
+            {"models": ("lakd:tiny-vit",), "embeddings": ("{teacher}",), "data": "shapes:val?n=80"},
+            "item ids are not --data shapes:val?n=80's",
+        ),
+        (
+            {"models": ("lakd:tiny-vit",), "embeddings": ("{teacher}",)},
+            "the default data shapes:val (no --data given) has",
+        ),
         ({"teacher": "{teacher}", "text_view": "some"}, "--text-view"),
         ({}, "give at least one"),
     ],
 )
-def test_bad_input_fails_before_work(fields, message, stores, tmp_path, no_analysis):
-    names = {"tmp": tmp_path, "teacher": stores["teacher"], "short": stores["short"]}
+def test_bad_input_fails_before_work(fields, message, stores, tmp_path, no_work):
+    names = {"tmp": tmp_path, **stores}
 
     def fill(value):
         return tuple(fill(v) for v in value) if isinstance(value, tuple) else value.format(**names)
 
     out = tmp_path / "report"
     cfg = small(out, **{key: fill(value) for key, value in fields.items()})
-    with pytest.raises(LakdError, match=message.replace("?", r"\?")) as err:
+    with pytest.raises(LakdError, match=re.escape(message)) as err:
         geometry_report(cfg)
     assert "\n" not in str(err.value)
     assert not out.exists()
 
 
-def test_unwritable_output_is_refused_before_work(stores, tmp_path, no_analysis):
+def test_unwritable_output_is_refused_before_work(stores, tmp_path, no_work):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     with pytest.raises(LakdError, match="cannot be created"):
@@ -303,15 +475,68 @@ def test_unwritable_output_is_refused_before_work(stores, tmp_path, no_analysis)
     assert blocker.read_text() == "not a folder"
 
 
-def test_existing_output_needs_overwrite(stores, tmp_path, monkeypatch):
+def test_existing_output_needs_overwrite(stores, tmp_path, no_work):
     out = tmp_path / "report"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    with monkeypatch.context() as patch:
-        patch.setattr(build, "analyze", lambda *a, **k: pytest.fail("analysis ran"))
-        with pytest.raises(LakdError, match="--overwrite"):
-            geometry_report(small(out, teacher=str(stores["student"])))
+    with pytest.raises(LakdError, match="--overwrite"):
+        geometry_report(small(out, teacher=str(stores["student"])))
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_report(stores, tmp_path, no_work):
+    out = tmp_path / "thesis"
+    (out / "chapters").mkdir(parents=True)
+    (out / "chapters" / "one.tex").write_text("keep")
+    (out / "metrics.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(LakdError, match="not a lakd geometry report") as err:
+        geometry_report(small(out, teacher=str(stores["student"]), overwrite=True))
+    assert str(out.resolve()) in str(err.value) and "\n" not in str(err.value)
+    assert (out / "chapters" / "one.tex").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
+
+
+def test_overwrite_refuses_the_working_folder(stores, tmp_path, monkeypatch, no_work):
+    inside = tmp_path / "project" / "src"
+    inside.mkdir(parents=True)
+    (inside / "code.py").write_text("keep")
+    monkeypatch.chdir(inside)
+    for out in (".", str(tmp_path / "project")):
+        with pytest.raises(LakdError, match="contains the current folder"):
+            geometry_report(small(Path(out), teacher=str(stores["student"]), overwrite=True))
+    assert (inside / "code.py").read_text() == "keep"
+
+
+@pytest.mark.parametrize("kind", ["store", "checkpoint", "data"])
+def test_overwrite_refuses_a_folder_that_holds_an_input(kind, stores, tmp_path, no_work):
+    out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT}))  # a report
+    if kind == "store":
+        inner = synthetic_store(out / "embeddings" / "mine", 16, 5).path
+        fields = {"teacher": str(stores["teacher"]), "students": (str(inner),)}
+    elif kind == "checkpoint":
+        inner = out / "student.pt"
+        inner.write_bytes(b"not read")
+        fields = {"teacher": str(stores["teacher"]), "students": (str(inner),)}
+    else:
+        inner = out / "data"
+        inner.mkdir()
+        fields = {"embeddings": (str(stores["teacher"]),), "data": str(inner)}
+    with pytest.raises(LakdError, match="contains the input") as err:
+        geometry_report(small(out, overwrite=True, **fields))
+    assert str(inner.resolve()) in str(err.value)
+    assert inner.exists() and (out / "metrics.json").is_file()
+
+
+def test_overwrite_replaces_a_previous_report(stores, tmp_path):
+    out = tmp_path / "report"
+    geometry_report(small(out, embeddings=(str(stores["student"]),)))
+    (out / "stale.txt").write_text("from the old report")
+    assert geometry_report(small(out, embeddings=(str(stores["teacher"]),), overwrite=True)) == out.resolve()
+    assert not (out / "stale.txt").exists()
+    assert [m["name"] for m in metrics_of(out)["models"]] == ["teacher"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
 def test_failure_midway_leaves_nothing(stores, tmp_path, monkeypatch):
@@ -321,8 +546,8 @@ def test_failure_midway_leaves_nothing(stores, tmp_path, monkeypatch):
     monkeypatch.setattr(build, "save_figures", broken)
     out = tmp_path / "report"
     out.mkdir()
-    (out / "old.txt").write_text("previous report")
+    (out / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT, "previous": True}))
     with pytest.raises(RuntimeError, match="disk full"):
         geometry_report(small(out, teacher=str(stores["student"]), overwrite=True))
-    assert (out / "old.txt").read_text() == "previous report"  # replaced only on success
+    assert metrics_of(out)["previous"] is True  # replaced only on success
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
     reason="Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)",
 )
 
-EVIL = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'>"
+EVIL = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'> \"quoted\" & more"
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -50,6 +50,7 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => ({
   drawn: p.querySelectorAll('.scatterlayer .trace, .barlayer .trace, .heatmaplayer image').length,
 }));
 """
+COLOUR_BARS = "return document.querySelectorAll('#figure-alignment .colorbar').length;"
 HOVER_FIRST_POINT = """
 const plot = document.getElementById('figure-ellipsoids');
 Plotly.Fx.hover(plot, [{curveNumber: 0, pointNumber: 0}]);
@@ -147,7 +148,11 @@ def test_report_renders_offline_without_errors(report, browser):
     assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
     hover = browser.execute_script(HOVER_FIRST_POINT)
     assert hover is not None and "<script>window.__pwned = 1</script>" in hover
+    assert '"quoted" & more' in hover and "&quot;" not in hover and "&amp;" not in hover
     assert browser.execute_script("return window.__pwned === undefined")
+
+    # the similarity matrices share one visible colour scale
+    assert browser.execute_script(COLOUR_BARS) == 1
 
     browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(report / "report-screenshot.png"))

@@ -20,33 +20,27 @@ from lakd.analysis.report.figures import save_figures
 from lakd.analysis.report.html import render_page
 from lakd.analysis.report.inputs import (
     CACHE_DIR,
+    MODALITIES,
+    REPORT_FORMAT,
     TEXT_VIEWS,
     ModelInput,
     check_output,
     chunk_sources,
+    input_paths,
     make_inputs,
     open_stores,
     resolve_inputs,
     reuse_cache,
     row_labels,
 )
-from lakd.analysis.report.table import metrics_frame, summary_rows, terminal_summary
-from lakd.analysis.report.views import MODALITIES, ReportData, modality_view, model_data
+from lakd.analysis.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
+from lakd.analysis.report.views import ReportData, modality_view, model_data
 from lakd.data import SourceOptions
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
 from lakd.io import atomic_dir, atomic_path, write_json, write_text
 
-FORMAT = "lakd-geometry-report/1"
 TEXT_VIEW_DESCRIPTIONS = {"paired": "each item's first caption", "all": "every caption"}
-VERDICT_RULES = {
-    "baseline": (
-        "{baseline} is the baseline: a later model is green where it is closer to {reference} than "
-        "{baseline}, red where farther; {baseline} itself is green within 10% of {reference}'s value."
-    ),
-    "tolerance": "Green: within 10% of {reference}'s value (at least 0.02); red: farther.",
-    "none": "One model: no comparison.",
-}
 
 
 @dataclass
@@ -111,14 +105,15 @@ def geometry_report(cfg: ReportConfig) -> Path:
     """Write the report folder ``cfg.out`` and return its path (see the module doc).
 
     Raises LakdError before any embedding or analysis for a missing model file, an unknown data
-    source, a store whose item count differs from the others or from the data, an output folder
-    that exists (without ``overwrite``) or cannot be written.
+    source, a store whose items differ from the others' or from the data's, an output folder that
+    exists (without ``overwrite``), is not a lakd report, is or contains the working folder or an
+    input, or cannot be written. ``out`` is resolved first; the returned path is the resolved one.
     """
     cfg.validate()
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()
     inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students)
+    check_output(out, cfg.overwrite, input_paths(inputs, cfg.data, cfg.source_options))
     data, stores = resolve_inputs(inputs, cfg.data, cfg.source_options)
-    check_output(out, cfg.overwrite)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         cache = tmp / CACHE_DIR
         if data is not None:
@@ -188,7 +183,7 @@ def assemble(
     dims = {model.name: model.dim for model in models}
     first = stores[reference]
     meta = {
-        "format": FORMAT,
+        "format": REPORT_FORMAT,
         "lakd_version": __version__,
         "data": data,
         "source_options": asdict(cfg.source_options),
@@ -207,7 +202,7 @@ def assemble(
         },
         "analysis_config": config.to_dict(),
         "alignment": alignment_description(dims, reference, config),
-        "verdict_rule": verdict_rule([entry.name for entry in inputs]),
+        "verdict_rule": legend_text([entry.name for entry in inputs]),
         "summary": summary_rows(results, dims),
         "figures": [],
         "results": results,
@@ -265,15 +260,6 @@ def alignment_description(dims: dict[str, int], reference: str, config: Analysis
         "dims_differ": bool(differing),
         "note": note,
     }
-
-
-def verdict_rule(names: list[str]) -> str:
-    """The colour rule of the summary table in words (see :mod:`lakd.analysis.report.table`)."""
-    if len(names) == 1:
-        return VERDICT_RULES["none"]
-    if len(names) >= 3:
-        return VERDICT_RULES["baseline"].format(reference=names[0], baseline=names[1])
-    return VERDICT_RULES["tolerance"].format(reference=names[0])
 
 
 def report_summary(out: str | Path) -> str:

@@ -16,15 +16,16 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from lakd.analysis.report.inputs import MODALITIES
 from lakd.analysis.report.views import (
     DPI,
-    MODALITIES,
     MPL_LINESTYLES,
     FigureInfo,
     ModelData,
     ReportData,
     ellipse_outline,
     histogram_density,
+    spectrum_values,
 )
 from lakd.io import atomic_path
 
@@ -124,18 +125,15 @@ def draw_spectra(fig: Figure, data: ReportData) -> None:
             spectrum = model.result["modalities"][modality].get("ellipsoid", {}).get("spectrum")
             if not spectrum:
                 continue
-            values = np.asarray(spectrum["eigenvalues"]) / spectrum["total_variance"]
-            positive = values > 0
-            ranks = np.arange(1, len(values) + 1)
-            style = MPL_LINESTYLES[modality]
+            values, dim = spectrum_values(spectrum)
             rank = spectrum["effective_rank"]
             ax.plot(
-                ranks[positive],
-                values[positive],
+                np.arange(1, len(values) + 1),
+                values,
                 color=model.colour,
-                linestyle=style,
+                linestyle=MPL_LINESTYLES[modality],
                 linewidth=1.2,
-                label=f"{model.name} (eff. rank {rank:.1f} of {len(values)})",
+                label=f"{model.name}: effective rank {rank:.1f} (dim {dim})",
             )
             ax.axvline(rank, color=model.colour, linestyle=":", linewidth=0.9)
         ax.set_yscale("log")
@@ -278,36 +276,93 @@ def alignment_values(model: ModelData, modality: str) -> list[float | None]:
     return [get(entry) if "skipped" not in entry else None for _, get in ALIGNMENT_BARS]
 
 
+def bar_limits(values: list[float | None]) -> tuple[float, float]:
+    """y-range of the alignment bars: 0 to 1.05, widened below 0 for negative values (Spearman's rho
+    or 1 - Procrustes residual can be negative)."""
+    lowest = min([v for v in values if v is not None and np.isfinite(v)], default=0.0)
+    return (min(0.0, lowest - 0.05), 1.05)
+
+
+def similarity_range(models: list[ModelData]) -> tuple[float, float]:
+    """One colour range (min, max cosine) shared by the similarity matrices of ``models``."""
+    matrices = [model.similarity["matrix"] for model in models]
+    return float(min(m.min() for m in matrices)), float(max(m.max() for m in matrices))
+
+
+def similarity_pairs(reference: ModelData, model: ModelData) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cosines of the same image pairs (upper triangle) in the reference [p] and in ``model`` [p];
+    None when their similarity matrices are not of the same items."""
+    rows = reference.similarity["rows"]
+    if not np.array_equal(rows, model.similarity["rows"]):
+        return None
+    upper = np.triu_indices(len(rows), k=1)
+    return reference.similarity["matrix"][upper], model.similarity["matrix"][upper]
+
+
+def left_out_note(data: ReportData) -> str | None:
+    """Which models the similarity panels leave out (only the first :data:`SIMILARITY_PANELS` are drawn)."""
+    left = [model.name for model in data.models[SIMILARITY_PANELS:]]
+    return (
+        f"similarity panels show the first {SIMILARITY_PANELS} models; left out: {', '.join(left)}"
+        if left
+        else None
+    )
+
+
 def draw_alignment(fig: Figure, data: ReportData) -> None:
     shown = data.models[:SIMILARITY_PANELS]
-    grid = fig.add_gridspec(2, len(shown), height_ratios=(1.1, 1))
+    grid = fig.add_gridspec(2, len(shown) + 1, height_ratios=(1.1, 1))
     bars = fig.add_subplot(grid[0, :])
     slots = len(data.others) * len(MODALITIES)
     width = 0.8 / slots
+    drawn: list[float | None] = []
     for m, model in enumerate(data.others):
         for k, modality in enumerate(MODALITIES):
             slot = m * len(MODALITIES) + k
-            values = [np.nan if v is None else v for v in alignment_values(model, modality)]
+            values = alignment_values(model, modality)
+            drawn += values
+            positions = np.arange(len(ALIGNMENT_BARS)) + (slot - (slots - 1) / 2) * width
             bars.bar(
-                np.arange(len(ALIGNMENT_BARS)) + (slot - (slots - 1) / 2) * width,
-                values,
+                positions,
+                [np.nan if v is None else v for v in values],
                 width,
                 color=model.colour if modality == "image" else "white",
                 edgecolor=model.colour,
                 hatch=None if modality == "image" else "////",
                 label=f"{model.name} {modality}",
             )
+            for position, value in zip(positions, values, strict=True):
+                if value is None:
+                    bars.text(position, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+    bars.axhline(0, color="black", linewidth=0.6)
     bars.set_xticks(range(len(ALIGNMENT_BARS)), [name for name, _ in ALIGNMENT_BARS])
-    bars.set_ylim(0, 1.05)
+    bars.set_ylim(*bar_limits(drawn))
     bars.set_ylabel(f"vs {data.reference.name} (1 = same)")
     bars.legend(loc="upper right", ncols=min(slots, 4))
+    low, high = similarity_range(shown)
+    maps = []
     for column, model in enumerate(shown):
         ax = fig.add_subplot(grid[1, column])
-        image = ax.imshow(model.similarity["matrix"], cmap="viridis", interpolation="nearest")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+        image = ax.imshow(
+            model.similarity["matrix"], cmap="viridis", vmin=low, vmax=high, interpolation="nearest"
+        )
+        maps.append(ax)
         ax.set_title(f"{model.name}: image cosines", color=model.colour)
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.colorbar(image, ax=maps, fraction=0.046, pad=0.02, label="cosine (shared scale)")
+    scatter = fig.add_subplot(grid[1, len(shown)])
+    for model in shown[1:]:
+        pairs = similarity_pairs(data.reference, model)
+        if pairs is not None:
+            scatter.scatter(*pairs, s=3, color=model.colour, alpha=0.5, label=model.name, rasterized=True)
+    scatter.plot([low, high], [low, high], color="black", linewidth=0.6)
+    scatter.set_xlabel(f"{data.reference.name} cosine")
+    scatter.set_ylabel("model cosine")
+    scatter.set_title("same image pairs")
+    note = left_out_note(data)
+    if note:
+        fig.supxlabel(note, fontsize=7)
 
 
 def draw_tsne(fig: Figure, data: ReportData) -> None:

@@ -4,8 +4,9 @@ Order: run description, the summary table (reference vs others, delta, green whe
 towards the reference and red where away, see :mod:`lakd.analysis.report.table`), the alignment
 note, then one interactive plotly figure per entry of :data:`~lakd.analysis.report.views.FIGURES`
 (builders in :data:`BUILD`), whose points show the item's id and caption on hover, and the
-least-conforming items. Every user-supplied string (captions, ids, model names, specs) is escaped
-with :func:`html.escape`; plotly's JSON escapes ``<`` and ``>`` inside its script tags.
+least-conforming items. Every user-supplied string (captions, ids, model names, specs) is escaped:
+with :func:`esc` in the page's HTML, with :func:`ptext` (no quote entities, which plotly would show
+literally) in what plotly renders; plotly's JSON escapes ``<`` and ``>`` inside its script tags.
 """
 
 from __future__ import annotations
@@ -17,15 +18,25 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lakd.analysis.report.figures import ALIGNMENT_BARS, NORMALITY_TESTS, alignment_values
+from lakd.analysis.report.figures import (
+    ALIGNMENT_BARS,
+    NORMALITY_TESTS,
+    SIMILARITY_PANELS,
+    alignment_values,
+    bar_limits,
+    left_out_note,
+    similarity_pairs,
+    similarity_range,
+)
+from lakd.analysis.report.inputs import MODALITIES
 from lakd.analysis.report.table import format_value
 from lakd.analysis.report.views import (
-    MODALITIES,
     PLOTLY_DASHES,
     ModelData,
     ReportData,
     ellipse_outline,
     histogram_density,
+    spectrum_values,
 )
 
 FIGURE_HEIGHT = 460
@@ -34,12 +45,19 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 def esc(text: object) -> str:
+    """Escape for the page's own HTML (text and quoted attributes)."""
     return html.escape(str(text), quote=True)
+
+
+def ptext(text: object) -> str:
+    """Escape for text that plotly renders (hover, names, titles): ``<``, ``>`` and ``&`` only, since
+    plotly's own HTML subset decodes just a few entities and would show ``&quot;`` literally."""
+    return html.escape(str(text), quote=False)
 
 
 def _hover_data(data: ReportData, modality: str, rows: np.ndarray) -> list[list[str]]:
     """``[escaped id, escaped caption]`` per row: plotly renders hover text as its own HTML subset."""
-    return [[esc(item_id), esc(caption)] for item_id, caption in data.label(modality, rows)]
+    return [[ptext(item_id), ptext(caption)] for item_id, caption in data.label(modality, rows)]
 
 
 def _points(
@@ -50,7 +68,7 @@ def _points(
         x=points[:, 0],
         y=points[:, 1],
         mode="markers",
-        name=f"{esc(model.name)} {modality}",
+        name=f"{ptext(model.name)} {modality}",
         legendgroup=f"{model.name} {modality}",
         showlegend=legend,
         marker={
@@ -76,7 +94,7 @@ def _line(x, y, model: ModelData, modality: str, name: str, legend: bool = True,
 
 
 def _model_titles(data: ReportData) -> list[str]:
-    return [f"{esc(m.name)} ({m.entry.role}, d={m.dim})" for m in data.models]
+    return [f"{ptext(m.name)} ({m.entry.role}, d={m.dim})" for m in data.models]
 
 
 def build_ellipsoids(data: ReportData) -> go.Figure:
@@ -90,7 +108,7 @@ def build_ellipsoids(data: ReportData) -> go.Figure:
                 outline = ellipse_outline(
                     projection.means[modality], projection.covariances[modality], sigmas
                 )
-                name = f"{esc(model.name)} {modality} {sigmas}-sigma"
+                name = f"{ptext(model.name)} {modality} {sigmas}-sigma"
                 fig.add_trace(
                     _line(*outline.T, model, modality, name, legend=False, width=2.0 / sigmas), 1, column
                 )
@@ -111,9 +129,9 @@ def build_ellipsoids(data: ReportData) -> go.Figure:
             hoverinfo="name",
         )
         fig.add_trace(origin, 1, column)
-        fig.update_xaxes(title_text=esc(projection.axis_names[0]), row=1, col=column)
+        fig.update_xaxes(title_text=ptext(projection.axis_names[0]), row=1, col=column)
         fig.update_yaxes(
-            title_text=esc(projection.axis_names[1]),
+            title_text=ptext(projection.axis_names[1]),
             scaleanchor=f"x{'' if column == 1 else column}",
             row=1,
             col=column,
@@ -137,7 +155,7 @@ def build_shell(data: ReportData) -> go.Figure:
                 if not stats or not stats.get("mean"):
                     continue
                 x, y = _stairs(stats["histogram"], stats["mean"])
-                name = f"{esc(model.name)} {modality}"
+                name = f"{ptext(model.name)} {modality}"
                 trace = _line(x, y, model, modality, name, legend=column == 1, shape="hv")
                 trace.legendgroup = name
                 trace.hovertemplate = f"{name}: CV {format_value(stats.get('cv'))}<extra></extra>"
@@ -154,18 +172,18 @@ def build_spectra(data: ReportData) -> go.Figure:
             spectrum = model.result["modalities"][modality].get("ellipsoid", {}).get("spectrum")
             if not spectrum:
                 continue
-            values = np.asarray(spectrum["eigenvalues"]) / spectrum["total_variance"]
-            keep = values > 0
-            ranks = np.arange(1, len(values) + 1)[keep]
+            values, dim = spectrum_values(spectrum)
+            if not len(values):
+                continue
             rank = spectrum["effective_rank"]
-            name = f"{esc(model.name)} {modality} (eff. rank {rank:.1f} of {len(values)})"
-            fig.add_trace(_line(ranks, values[keep], model, modality, name), 1, column)
+            name = f"{ptext(model.name)} {modality}: effective rank {rank:.1f} (dim {dim})"
+            fig.add_trace(_line(np.arange(1, len(values) + 1), values, model, modality, name), 1, column)
             marker = _line(
                 [rank, rank],
-                [values[keep].min(), values[keep].max()],
+                [values.min(), values.max()],
                 model,
                 modality,
-                f"{esc(model.name)} {modality} effective rank",
+                f"{ptext(model.name)} {modality} effective rank {rank:.1f}",
                 legend=False,
             )
             marker.line.dash = "dot"
@@ -185,7 +203,7 @@ def build_conformity_vs_cosine(data: ReportData) -> go.Figure:
             fit = model.result["modalities"][modality].get("conformity", {}).get("fit_vs_cosine_to_mean", {})
             if fit.get("slope") is not None:
                 x = np.array([xy[:, 0].min(), xy[:, 0].max()])
-                name = f"{esc(model.name)} {modality} fit: r = {fit['pearson_r']:.4f}"
+                name = f"{ptext(model.name)} {modality} fit: r = {fit['pearson_r']:.4f}"
                 fig.add_trace(_line(x, fit["slope"] * x + fit["intercept"], model, modality, name), 1, column)
         fig.update_xaxes(title_text="cos(x, mu)", row=1, col=column)
         fig.update_yaxes(title_text="conformity", row=1, col=column)
@@ -199,7 +217,7 @@ def build_conformity_distributions(data: ReportData) -> go.Figure:
             stats = model.result["modalities"][modality].get("conformity", {}).get("distribution")
             if stats:
                 x, y = _stairs(stats["histogram"])
-                name = f"{esc(model.name)} {modality} (mean {format_value(stats['mean'])})"
+                name = f"{ptext(model.name)} {modality} (mean {format_value(stats['mean'])})"
                 fig.add_trace(_line(x, y, model, modality, name, shape="hv"), 1, column)
         fig.update_xaxes(title_text="conformity", row=1, col=column)
     return fig
@@ -218,14 +236,17 @@ def build_normality(data: ReportData) -> go.Figure:
                 patterns.append("" if modality == "image" else "/")
         if x:
             bar = go.Bar(
-                x=x, y=y, name=esc(model.name), marker={"color": model.colour, "pattern": {"shape": patterns}}
+                x=x,
+                y=y,
+                name=ptext(model.name),
+                marker={"color": model.colour, "pattern": {"shape": patterns}},
             )
             fig.add_trace(bar, 1, 1)
         for modality in MODALITIES:
             for k, qq in enumerate(
                 model.result["modalities"][modality].get("normality", {}).get("qq", [])[:2]
             ):
-                name = f"{esc(model.name)} {modality} coordinate {qq['coordinate']}"
+                name = f"{ptext(model.name)} {modality} coordinate {qq['coordinate']}"
                 fig.add_trace(
                     _line(qq["theoretical"], qq["sample"], model, modality, name, legend=k == 0), 1, 2
                 )
@@ -246,36 +267,71 @@ def build_normality(data: ReportData) -> go.Figure:
 
 
 def build_alignment(data: ReportData) -> go.Figure:
-    shown = data.models[:4]
-    titles = ["alignment with the reference (1 = same)"] + [f"{esc(m.name)}: image cosines" for m in shown]
-    specs = [[{"colspan": len(shown)}] + [None] * (len(shown) - 1), [{} for _ in shown]]
-    fig = make_subplots(2, len(shown), specs=specs, subplot_titles=titles, vertical_spacing=0.15)
+    shown = data.models[:SIMILARITY_PANELS]
+    columns = len(shown) + 1
+    titles = ["alignment with the reference (1 = same)"]
+    titles += [f"{ptext(m.name)}: image cosines" for m in shown] + ["same image pairs"]
+    specs = [[{"colspan": columns}] + [None] * (columns - 1), [{} for _ in range(columns)]]
+    fig = make_subplots(2, columns, specs=specs, subplot_titles=titles, vertical_spacing=0.15)
     labels = [name for name, _ in ALIGNMENT_BARS]
+    drawn: list[float | None] = []
     for model in data.others:
         for modality in MODALITIES:
             values = alignment_values(model, modality)
+            drawn += values
             bar = go.Bar(
                 x=labels,
-                y=values,
-                name=f"{esc(model.name)} {modality}",
+                y=[0.0 if v is None else v for v in values],
+                text=["n/a" if v is None else "" for v in values],
+                textposition="outside",
+                hovertext=["not computed" if v is None else format_value(v) for v in values],
+                hovertemplate="%{x}: %{hovertext}<extra>%{fullData.name}</extra>",
+                name=f"{ptext(model.name)} {modality}",
                 marker={"color": model.colour, "pattern": {"shape": "" if modality == "image" else "/"}},
             )
             fig.add_trace(bar, 1, 1)
+    low, high = similarity_range(shown)
     for column, model in enumerate(shown, start=1):
-        ids = [esc(item_id) for item_id, _ in data.label("image", model.similarity["rows"])]
+        ids = [ptext(item_id) for item_id, _ in data.label("image", model.similarity["rows"])]
         heatmap = go.Heatmap(
             z=model.similarity["matrix"],
             x=ids,
             y=ids,
+            zmin=low,
+            zmax=high,
             colorscale="Viridis",
-            showscale=False,
-            name=esc(model.name),
+            showscale=column == 1,
+            colorbar={"title": {"text": "cosine"}, "len": 0.42, "y": 0.0, "yanchor": "bottom", "x": 1.02},
+            name=ptext(model.name),
             hovertemplate="%{x} vs %{y}: %{z:.3f}<extra>%{fullData.name}</extra>",
         )
         fig.add_trace(heatmap, 2, column)
         fig.update_xaxes(showticklabels=False, row=2, col=column)
         fig.update_yaxes(showticklabels=False, autorange="reversed", row=2, col=column)
-    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    for model in shown[1:]:
+        pairs = similarity_pairs(data.reference, model)
+        if pairs is not None:
+            scatter = go.Scatter(
+                x=pairs[0],
+                y=pairs[1],
+                mode="markers",
+                name=f"{ptext(model.name)} vs {ptext(data.reference.name)} cosines",
+                marker={"size": 4, "color": model.colour, "opacity": 0.5},
+                hovertemplate="reference %{x:.3f}, model %{y:.3f}<extra>%{fullData.name}</extra>",
+            )
+            fig.add_trace(scatter, 2, columns)
+    diagonal = go.Scatter(
+        x=[low, high], y=[low, high], mode="lines", line={"color": "black", "width": 1}, showlegend=False
+    )
+    fig.add_trace(diagonal, 2, columns)
+    fig.update_xaxes(title_text=f"{ptext(data.reference.name)} cosine", row=2, col=columns)
+    fig.update_yaxes(title_text="model cosine", row=2, col=columns)
+    fig.update_yaxes(range=list(bar_limits(drawn)), row=1, col=1)
+    note = left_out_note(data)
+    if note:
+        fig.add_annotation(
+            text=ptext(note), xref="paper", yref="paper", x=0, y=-0.08, showarrow=False, xanchor="left"
+        )
     fig.update_layout(barmode="group", height=int(FIGURE_HEIGHT * 1.4))
     return fig
 
@@ -328,7 +384,7 @@ def summary_table(metrics: dict) -> str:
         cells = [f"<td class='label'>{esc(row['label'])}</td><td class='label'>{esc(row['modality'])}</td>"]
         cells.append(f"<td>{esc(format_value(row['values'][reference], row['percent']))}</td>")
         for name in others:
-            verdict = row["verdicts"].get(name)
+            verdict = row["verdicts"].get(name) if row["deltas"].get(name) is not None else None
             css = f" class='{verdict}'" if verdict else ""
             title = f" title='{esc(row['note'])}'" if row.get("note") else ""
             value = format_value(row["values"][name], row["percent"])

@@ -9,21 +9,29 @@ and checks that every store holds the same items in the same order.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
 from lakd.data import SourceOptions, open_source
+from lakd.data.sources import split_spec
 from lakd.data.store import META_NAME, EmbeddingStore
 from lakd.errors import LakdError
 
 CACHE_DIR = "embeddings"
 DEFAULT_DATA = "shapes:val"
+MODALITIES = ("image", "text")
+# metrics.json's "format" marks a folder as a lakd geometry report (the only kind --overwrite replaces)
+REPORT_FORMAT = "lakd-geometry-report/1"
+REPORT_FORMAT_PREFIX = "lakd-geometry-report/"
+METRICS_NAME = "metrics.json"
 # how the report's "text" modality is read from a store: each item's first caption (one row per
 # item, paired with its image) or every caption
 TEXT_VIEWS = {"paired": "text_paired", "all": "text"}
@@ -105,10 +113,11 @@ def resolve_inputs(
     inputs: list[ModelInput], data: str | None, options: SourceOptions
 ) -> tuple[str | None, dict[str, EmbeddingStore]]:
     """Check every entry before heavy work; returns the data spec the models will be embedded on
-    (None when every entry is a store) and the stores opened so far, by entry name.
+    (``data``, else :data:`DEFAULT_DATA` when a model needs data, else None) and the stores, by entry name.
 
     Raises LakdError for a missing or unknown model, an unreadable store, an unknown data source, or
-    stores whose item counts differ from each other or from the data.
+    stores whose item counts or ids differ from each other or from the data's (where the data source
+    lists its ids without reading images).
     """
     stores: dict[str, EmbeddingStore] = {}
     for entry in inputs:
@@ -117,32 +126,113 @@ def resolve_inputs(
         else:
             check_model_spec(entry.spec)
     needs_data = any(entry.kind == "model" for entry in inputs)
+    given = data
     data = data or (DEFAULT_DATA if needs_data else None)
     first = next(iter(stores.values()), None)
+    first_ids = first.ids() if first is not None else []
     for store in stores.values():
         if store.n_items != first.n_items:
             raise LakdError(
                 f"{store.path}: {store.n_items} items but {first.path} has {first.n_items}; "
                 "a report compares embeddings of the same items"
             )
+        if store is not first and store.ids() != first_ids:
+            raise LakdError(
+                f"{store.path}: its item ids differ from {first.path}'s (other items or another order); "
+                "a report compares embeddings of the same items"
+            )
     if data is not None:
-        n_source = len(open_source(data, options))
+        what = f"--data {data}" if given else f"the default data {data} (no --data given)"
+        source = open_source(data, options)
+        n_source, ids = len(source), source_ids(source)
         for store in stores.values():
             if store.meta.get("n_source_items") != n_source:
                 raise LakdError(
                     f"{store.path}: embedded from {store.meta.get('n_source_items')} source items but "
-                    f"--data {data} has {n_source}; a report compares embeddings of the same items"
+                    f"{what} has {n_source}; a report compares embeddings of the same items"
+                )
+            if ids is not None and not in_source_order(store.ids(), ids):
+                raise LakdError(
+                    f"{store.path}: its item ids are not {what}'s (embedded from other data?); "
+                    "a report compares embeddings of the same items"
                 )
     return data, stores
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out`` without ``overwrite``, and an output place that cannot be written."""
+def source_ids(source: object) -> list[str] | None:
+    """Item ids of a data source when it lists them without reading images (an ``ids`` sequence, as the
+    file readers keep, or an ``item_id(i)`` method, as the shapes world has); None otherwise."""
+    ids = getattr(source, "ids", None)
+    if isinstance(ids, Sequence) and not isinstance(ids, str) and len(ids) == len(source):
+        return [str(item_id) for item_id in ids]
+    item_id = getattr(source, "item_id", None)
+    if callable(item_id):
+        return [item_id(i) for i in range(len(source))]
+    return None
+
+
+def in_source_order(ids: Sequence[str], source: Sequence[str]) -> bool:
+    """Whether ``ids`` are items of ``source`` in its order (a store drops unreadable items, so
+    its ids are a subsequence of the source's)."""
+    position = {item_id: i for i, item_id in enumerate(source)}
+    positions = [position.get(item_id, -1) for item_id in ids]
+    return all(p >= 0 for p in positions) and all(a < b for a, b in pairwise(positions))
+
+
+def input_paths(inputs: Sequence[ModelInput], data: str | None, options: SourceOptions) -> list[Path]:
+    """Existing files and folders the report reads (stores, checkpoints and their sidecars, ``local-dir``
+    folders, the data's file or folder, its ``root=`` and ``--image-root``), resolved."""
+    import lakd.data.readers  # noqa: F401  (register the data schemes that split_spec recognises)
+    import lakd.data.shapes  # noqa: F401
+
+    candidates = []
+    for entry in inputs:
+        prefix, sep, rest = entry.spec.partition(":")
+        candidates += [Path(entry.spec), Path(f"{entry.spec}.json")]
+        if sep and prefix == "local-dir":
+            candidates.append(Path(rest))
+    if data:
+        scheme, rest, query = split_spec(data)
+        if scheme is None:
+            candidates.append(Path(rest))
+        elif scheme == "wds":
+            candidates.append(Path(rest).parent)
+        candidates += [Path(p) for p in (query.get("root"), options.image_root) if p]
+    return [path.resolve() for path in candidates if str(path) not in ("", ".") and path.exists()]
+
+
+def is_report(folder: Path) -> bool:
+    """Whether ``folder`` holds a lakd geometry report (its metrics.json has the report's format)."""
+    try:
+        metrics = json.loads((folder / METRICS_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    marker = metrics.get("format") if isinstance(metrics, dict) else None
+    return isinstance(marker, str) and marker.startswith(REPORT_FORMAT_PREFIX)
+
+
+def check_output(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output folder (``out``, resolved) that would destroy something: one that exists
+    without ``overwrite``; one that is not a lakd report (nor empty), even with it; one that is or
+    contains the working folder or any of the resolved ``inputs``; or a place that cannot be written."""
+    cwd = Path.cwd().resolve()
+    if cwd.is_relative_to(out):
+        raise LakdError(
+            f"--out {out}: is or contains the current folder; give the report a folder of its own"
+        )
+    for path in inputs:
+        if path.is_relative_to(out):
+            raise LakdError(f"--out {out}: contains the input {path}; write the report somewhere else")
     if out.exists() and not overwrite:
         raise LakdError(f"{out}: already exists (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise LakdError(f"{out}: exists and is not a folder")
-    parent = out.absolute().parent
+    if out.exists() and not is_report(out) and any(out.iterdir()):
+        raise LakdError(
+            f"{out}: exists and is not a lakd geometry report (no {METRICS_NAME} with format "
+            f"{REPORT_FORMAT}); not replacing it, even with --overwrite"
+        )
+    parent = out.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():

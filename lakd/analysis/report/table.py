@@ -2,45 +2,92 @@
 ``metrics.csv`` (every scalar, one row per model x modality, pandas) and the terminal text.
 
 The summary lists the metrics of :data:`SUMMARY_METRICS`, read from each model's GeometryResult
-dict. Each value is compared with the reference's (the teacher): ``delta`` = value - reference.
-The verdict says whether a model sits *towards* or *away from* the reference:
+dict. Each metric has its own :class:`Closeness` rule (in :data:`RULES`): relative for scale
+metrics, percentage points for pass rates, absolute for cosines, and 1 - r on a log scale for the
+conformity fit's Pearson r. Each value is compared with the reference's (the teacher):
+``delta`` = value - reference, and the verdict says whether a model sits *towards* or *away from* it:
 
-- with two or more other models, the first is the baseline (e.g. the student before distillation)
-  and every later one is *towards* when it is closer to the reference than the baseline, *away*
-  when farther;
-- a model without a baseline (the baseline itself, or the only student) is *towards* when within
-  :func:`tolerance` of the reference value, else *away*.
+- a model without a baseline (the only other model, or the baseline itself) is *towards* when
+  within the rule's tolerance of the reference value, else *away*;
+- with two or more other models, the first is the baseline (e.g. the student before distillation);
+  every later one is *towards* when within tolerance or closer (by the rule's distance) than the
+  baseline, *away* when farther, and undecided when as far.
 
-Alignment metrics (CKA, k-NN overlap, ...) compare a model with the reference, so the reference's
-own value is the ideal one (CKA 1, Procrustes residual 0). Dimension-dependent metrics (effective
+Alignment metrics (CKA, k-NN overlap, ...) compare a model with the reference, which has no value
+of its own: with one other model they get no verdict; with two or more, each later model's delta is
+taken against the baseline and it is *towards* when better aligned (higher CKA, lower Procrustes
+residual). A cell without a delta never gets a verdict; dimension-dependent metrics (effective
 rank, anisotropy) get no delta when the dimensions differ.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-MODALITIES = ("image", "text")
+from lakd.analysis.report.inputs import MODALITIES
+
 PAIR = "image_vs_text"
+
+
+def _relative(value: float, target: float) -> float:
+    if value == target:
+        return 0.0
+    return abs(value - target) / abs(target) if target else math.inf
+
+
+def _absolute(value: float, target: float) -> float:
+    return abs(value - target)
+
+
+def _log_one_minus(value: float, target: float, floor: float = 1e-9) -> float:
+    """|log10((1 - value) / (1 - target))|: how many decades apart two correlations near 1 are."""
+    return abs(math.log10(max(1.0 - value, floor)) - math.log10(max(1.0 - target, floor)))
+
+
+@dataclass(frozen=True)
+class Closeness:
+    """How far a value is from the reference's (``distance(value, target)``), how far still matches
+    (``tolerance``), and the rule in words for the report's legend."""
+
+    words: str
+    distance: Callable[[float, float], float]
+    tolerance: float
+
+
+RULES: dict[str, Closeness] = {
+    "relative": Closeness("within 10% of the reference value", _relative, 0.10),
+    "points": Closeness("within 5 percentage points", _absolute, 0.05),
+    "cosine": Closeness("within 0.05 (absolute)", _absolute, 0.05),
+    "pearson_r": Closeness(
+        "1 - r within a factor of 2 of the reference's (compared on a log scale)",
+        _log_one_minus,
+        math.log10(2.0),
+    ),
+}
+# alignment metrics: which direction is better aligned with the reference
+BETTER = {"higher": 1.0, "lower": -1.0}
 
 
 @dataclass(frozen=True)
 class SummaryMetric:
     """One row family of the summary: ``path`` into a GeometryResult dict (``{m}`` = modality),
     per modality when ``per_modality``; ``percent`` formats as %, ``dim_free`` says whether models of
-    different dimension can be compared, ``ideal`` is the reference's value for alignment metrics,
-    ``key`` puts it in the terminal summary."""
+    different dimension can be compared, ``rule`` names its :data:`RULES` entry; alignment metrics
+    have no reference value and say which direction is ``better`` instead; ``key`` puts the row in
+    the terminal summary."""
 
     label: str
     path: tuple[str, ...]
     per_modality: bool = True
     percent: bool = False
     dim_free: bool = True
-    ideal: float | None = None
+    rule: str = "relative"
+    better: str | None = None
     key: bool = False
 
 
@@ -59,24 +106,34 @@ SUMMARY_METRICS: tuple[SummaryMetric, ...] = (
     SummaryMetric("tilt (off-diag. mass)", ("modalities", "{m}", "ellipsoid", "tilt", "off_diagonal_mass")),
     SummaryMetric("shell CV ||x - mu||", ("modalities", "{m}", "shell", "centred", "cv")),
     SummaryMetric("norm CV ||x||", ("modalities", "{m}", "shell", "raw", "cv")),
-    SummaryMetric("conformity mean", ("modalities", "{m}", "conformity", "distribution", "mean")),
     SummaryMetric(
-        "conformity r", ("modalities", "{m}", "conformity", "fit_vs_cosine_to_mean", "pearson_r"), key=True
+        "conformity mean", ("modalities", "{m}", "conformity", "distribution", "mean"), rule="cosine"
+    ),
+    SummaryMetric(
+        "conformity r",
+        ("modalities", "{m}", "conformity", "fit_vs_cosine_to_mean", "pearson_r"),
+        rule="pearson_r",
+        key=True,
     ),
     SummaryMetric(
         "AD pass (whitened)",
         ("modalities", "{m}", "normality", "anderson_darling", "pass_rate"),
         percent=True,
+        rule="points",
         key=True,
     ),
     SummaryMetric(
         "DP pass (whitened)",
         ("modalities", "{m}", "normality", "dagostino_pearson", "pass_rate"),
         percent=True,
+        rule="points",
     ),
     SummaryMetric("modality gap", ("cross_modal", PAIR, "gap", "gap_norm"), per_modality=False, key=True),
     SummaryMetric(
-        "cos(mu_img, mu_txt)", ("cross_modal", PAIR, "ellipsoid", "mean_cosine"), per_modality=False
+        "cos(mu_img, mu_txt)",
+        ("cross_modal", PAIR, "ellipsoid", "mean_cosine"),
+        per_modality=False,
+        rule="cosine",
     ),
     SummaryMetric(
         "conformity KL img||txt",
@@ -88,14 +145,18 @@ SUMMARY_METRICS: tuple[SummaryMetric, ...] = (
         ("cross_modal", PAIR, "separability", "cv_accuracy"),
         per_modality=False,
         percent=True,
+        rule="points",
     ),
-    SummaryMetric("CKA to reference", ("alignment", "{m}", "linear_cka"), ideal=1.0, key=True),
-    SummaryMetric("k-NN overlap", ("alignment", "{m}", "knn_overlap"), ideal=1.0),
-    SummaryMetric("Procrustes residual", ("alignment", "{m}", "procrustes_residual"), ideal=0.0),
-    SummaryMetric("similarity Spearman", ("alignment", "{m}", "similarity_spearman", "rho"), ideal=1.0),
-    SummaryMetric("top-1 agreement", ("alignment", "{m}", "retrieval_agreement"), ideal=1.0),
+    SummaryMetric("CKA to reference", ("alignment", "{m}", "linear_cka"), better="higher", key=True),
+    SummaryMetric("k-NN overlap", ("alignment", "{m}", "knn_overlap"), better="higher"),
+    SummaryMetric("Procrustes residual", ("alignment", "{m}", "procrustes_residual"), better="lower"),
+    SummaryMetric("similarity Spearman", ("alignment", "{m}", "similarity_spearman", "rho"), better="higher"),
+    SummaryMetric("top-1 agreement", ("alignment", "{m}", "retrieval_agreement"), better="higher"),
     SummaryMetric(
-        "img->txt top-1 agreement", ("alignment", PAIR, "retrieval_agreement"), per_modality=False, ideal=1.0
+        "img->txt top-1 agreement",
+        ("alignment", PAIR, "retrieval_agreement"),
+        per_modality=False,
+        better="higher",
     ),
 )
 
@@ -117,29 +178,59 @@ def lookup(result: dict, path: tuple[str, ...]) -> float | None:
     return float(value)
 
 
-def tolerance(target: float) -> float:
-    """How close counts as matching the reference: 10% of its magnitude, at least 0.02."""
-    return max(0.1 * abs(target), 0.02)
-
-
-def verdict(value: float | None, target: float | None, baseline: float | None = None) -> str | None:
+def verdict(
+    value: float | None, target: float | None, baseline: float | None = None, rule: str = "relative"
+) -> str | None:
     """``"towards"``, ``"away"`` or None (undecided) for a value compared with the reference ``target``
-    (see the module doc): against ``baseline`` when given, else by :func:`tolerance`."""
+    by the :data:`RULES` entry ``rule`` (see the module doc): within its tolerance is towards; else,
+    with a ``baseline``, closer than the baseline is towards and farther is away."""
     if value is None or target is None:
         return None
-    distance = abs(value - target)
+    closeness = RULES[rule]
+    distance = closeness.distance(value, target)
+    if distance <= closeness.tolerance:
+        return "towards"
     if baseline is None:
-        return "towards" if distance <= tolerance(target) else "away"
-    previous = abs(baseline - target)
+        return "away"
+    previous = closeness.distance(baseline, target)
     if math.isclose(distance, previous, rel_tol=1e-6, abs_tol=1e-12):
         return None
     return "towards" if distance < previous else "away"
 
 
+def alignment_verdict(value: float | None, baseline: float | None, better: str) -> str | None:
+    """``"towards"`` when ``value`` is better aligned than ``baseline`` (in the ``better`` direction),
+    ``"away"`` when worse, None when equal or either is missing."""
+    if value is None or baseline is None or math.isclose(value, baseline, rel_tol=1e-6, abs_tol=1e-12):
+        return None
+    return "towards" if BETTER[better] * (value - baseline) > 0 else "away"
+
+
+def _row_verdicts(
+    metric: SummaryMetric, values: dict, reference: str, others: list[str], comparable: bool
+) -> tuple[dict, dict]:
+    """Deltas and verdicts of the non-reference models of one row (see the module doc)."""
+    baseline = others[0] if len(others) >= 2 else None
+    deltas, verdicts = {}, {}
+    for name in others:
+        value, delta, decided = values[name], None, None
+        if metric.better is not None:
+            base = values[baseline] if baseline and name != baseline else None
+            if value is not None and base is not None:
+                delta, decided = value - base, alignment_verdict(value, base, metric.better)
+        elif comparable and value is not None and values[reference] is not None:
+            target = values[reference]
+            base = values[baseline] if baseline and name != baseline else None
+            delta, decided = value - target, verdict(value, target, base, metric.rule)
+        deltas[name], verdicts[name] = delta, decided if delta is not None else None
+    return deltas, verdicts
+
+
 def summary_rows(results: dict[str, dict], dims: dict[str, int]) -> list[dict]:
     """Summary rows from GeometryResult dicts by model name (reference first): ``label``, ``modality``,
     ``percent``, ``values``, ``deltas`` and ``verdicts`` (dicts by model name; the reference has no
-    delta or verdict), and ``note`` when models could not be compared."""
+    delta or verdict; alignment rows take deltas against the baseline), ``rule`` and ``note`` (why
+    models could not be compared, or what an alignment delta is taken against)."""
     names = list(results)
     reference, others = names[0], names[1:]
     baseline = others[0] if len(others) >= 2 else None
@@ -148,35 +239,57 @@ def summary_rows(results: dict[str, dict], dims: dict[str, int]) -> list[dict]:
         for modality in MODALITIES if metric.per_modality else (None,):
             path = tuple(part.replace("{m}", modality or "") for part in metric.path)
             values = {name: lookup(results[name], path) for name in names}
-            if metric.ideal is not None:
+            if metric.better is not None:
                 values[reference] = None
             if all(v is None for v in values.values()):
                 continue
-            target = metric.ideal if metric.ideal is not None else values[reference]
             comparable = metric.dim_free or len({dims[n] for n in names}) == 1
-            deltas, verdicts = {}, {}
-            for name in others:
-                value = values[name]
-                if not comparable or value is None or target is None:
-                    deltas[name] = verdicts[name] = None
-                    continue
-                deltas[name] = value - target if metric.ideal is None else None
-                base = values[baseline] if baseline and name != baseline else None
-                verdicts[name] = verdict(value, target, base)
+            deltas, verdicts = _row_verdicts(metric, values, reference, others, comparable)
+            note = None if comparable else "depends on the dimension, which differs"
+            if metric.better is not None and baseline:
+                note = f"alignment with {reference}; delta against {baseline}, {metric.better} is better"
             rows.append(
                 {
                     "label": metric.label,
                     "modality": modality or "",
                     "percent": metric.percent,
                     "key": metric.key,
-                    "alignment": metric.ideal is not None,
+                    "alignment": metric.better is not None,
+                    "rule": metric.rule if metric.better is None else f"{metric.better} is better",
                     "values": values,
                     "deltas": deltas,
                     "verdicts": verdicts,
-                    "note": None if comparable else "depends on the dimension, which differs",
+                    "note": note,
                 }
             )
     return rows
+
+
+def legend_text(names: list[str]) -> str:
+    """The colour rules of the summary table in words, for a report of models ``names`` (reference first)."""
+    if len(names) == 1:
+        return "One model: no comparison, no colours."
+    reference, others = names[0], names[1:]
+    groups: dict[str, list[str]] = {}
+    for metric in SUMMARY_METRICS:
+        if metric.better is None:
+            groups.setdefault(metric.rule, []).append(metric.label)
+    rules = "; ".join(f"{', '.join(labels)}: {RULES[rule].words}" for rule, labels in groups.items())
+    if len(others) == 1:
+        return (
+            f"Green: {others[0]} matches {reference}'s value, red: it does not. Matching means, per metric: "
+            f"{rules}. Alignment rows (CKA, k-NN, Procrustes, Spearman, top-1) have no reference value and "
+            "stay uncoloured with one model; cells with delta '-' are never coloured."
+        )
+    baseline = others[0]
+    return (
+        f"{baseline} is the baseline. Green: a later model matches {reference}'s value or is closer to it "
+        f"than {baseline}; red: it does not match and is farther; {baseline} itself is green when it "
+        f"matches. Matching means, per metric: {rules}. Alignment rows (CKA, k-NN, Procrustes, Spearman, "
+        f"top-1) show the delta against {baseline}: green when better aligned with {reference} than "
+        f"{baseline} (higher, or lower for the Procrustes residual), red when worse; {baseline} itself "
+        "is uncoloured. Cells with delta '-' are never coloured."
+    )
 
 
 def format_value(value: float | None, percent: bool = False, signed: bool = False) -> str:

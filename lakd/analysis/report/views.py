@@ -30,7 +30,6 @@ from lakd.analysis.moments import Moments, sorted_eigh
 from lakd.analysis.passes import Embeddings, first_pass
 from lakd.analysis.report.inputs import ModelInput, RowLabels
 
-MODALITIES = ("image", "text")
 # one colour per model (matplotlib's tab10, in order); solid lines for image, dashed for text
 MODEL_COLOURS = (
     "#1f77b4",
@@ -82,8 +81,9 @@ FIGURES: tuple[FigureInfo, ...] = (
     FigureInfo(
         "spectra",
         "Eigen-spectra",
-        "Covariance eigenvalues as a fraction of the total variance (log scale); vertical lines mark the "
-        "effective rank exp(entropy).",
+        "Covariance eigenvalues as a fraction of the total variance (log scale), up to the numerical rank "
+        "(smaller ones are float noise); dotted vertical lines mark each model's effective rank "
+        "exp(entropy of the normalised eigenvalues).",
     ),
     FigureInfo(
         "conformity_vs_cosine",
@@ -106,8 +106,9 @@ FIGURES: tuple[FigureInfo, ...] = (
         "alignment",
         "Alignment with the reference",
         "Linear CKA, mutual k-NN overlap, Spearman correlation of the similarity matrices, top-1 retrieval "
-        "agreement and 1 - Procrustes residual (all: higher = closer), and cosine-similarity matrices of the "
-        "same images in each model.",
+        "agreement and 1 - Procrustes residual (all: higher = closer; n/a: not computed), cosine-similarity "
+        "matrices of the same images in each model on one shared colour scale, and each model's cosines "
+        "against the reference's for the same image pairs (on the diagonal: the same similarity).",
         size=(7.0, 5.6),
         pairwise=True,
     ),
@@ -206,6 +207,18 @@ def histogram_density(histogram: dict, scale: float = 1.0) -> tuple[np.ndarray, 
     total = counts.sum()
     density = counts / (total * np.where(widths > 0, widths, 1.0)) if total else counts
     return density * scale, edges / scale
+
+
+def spectrum_values(spectrum: dict, floor: float = 1e-12) -> tuple[np.ndarray, int]:
+    """Descending eigenvalues of a GeometryResult spectrum as fractions of the total variance, only
+    up to its ``numerical_rank`` and above ``floor`` (the rest is float noise that would fill a log
+    axis) [r], and the dimension d."""
+    values = np.asarray(spectrum["eigenvalues"], dtype=float) / spectrum["total_variance"]
+    count = int(np.count_nonzero(values > floor))
+    rank = spectrum.get("numerical_rank")
+    if isinstance(rank, int):
+        count = min(count, rank)
+    return values[:count], len(values)
 
 
 def conformity_points(view: ModalityView) -> dict[str, np.ndarray]:
