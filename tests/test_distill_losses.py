@@ -25,7 +25,6 @@ from lakd.distill import (
     infonce_gradients,
 )
 from lakd.distill.geometry import batch_conformity, shell_statistics
-from lakd.distill.relational import linear_cka
 from lakd.errors import LakdError
 from lakd.whiten import WhitenFitConfig, fit_store_whitening
 
@@ -355,10 +354,15 @@ def test_shell_collapse_bound_and_bad_eps():
         build("shell", eps=0.0)
 
 
-def test_torch_cka_matches_the_analysis_implementation():
+def test_torch_cka_matches_the_numpy_path_and_is_differentiable():
     x, y = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 9, dtype=torch.float64)
     y[:, :5] += x
-    assert float(linear_cka(x, y)) == pytest.approx(analysis.linear_cka(x.numpy(), y.numpy()), rel=1e-10)
+    x.requires_grad_(True)
+    value = analysis.linear_cka(x, y)
+    assert isinstance(value, torch.Tensor)
+    assert value.item() == pytest.approx(analysis.linear_cka(x.detach().numpy(), y.numpy()), rel=1e-10)
+    value.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_conformity_against_running_means_keeps_buffers_in_the_state_dict():

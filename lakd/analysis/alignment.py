@@ -9,6 +9,7 @@ of Neural Network Representations Revisited", ICML 2019.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import stats
 from scipy.spatial import procrustes
 from sklearn.neighbors import NearestNeighbors
@@ -27,10 +28,19 @@ def _paired(x: ArrayLike, y: ArrayLike, minimum: int, purpose: str) -> tuple[np.
     return x, y
 
 
-def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float | torch.Tensor:
     """Linear CKA of raw x [N, d_x] and y [N, d_y], centred inside:
     ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), in [0, 1]; 1 for a rotated or scaled copy.
-    Invariant to orthogonal maps and isotropic scaling, not to general linear maps."""
+    Invariant to orthogonal maps and isotropic scaling, not to general linear maps.
+
+    Two torch tensors give a differentiable torch scalar (their dtype and device), as the
+    ``relational`` distillation loss needs; there a zero-variance set gives 0 instead of an error.
+    """
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
+        cross = torch.linalg.matrix_norm(yc.T @ xc).pow(2)
+        scale = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
+        return cross / scale.clamp_min(torch.finfo(x.dtype).tiny)
     x, y = _paired(x, y, 2, "linear CKA")
     x, y = x - x.mean(axis=0), y - y.mean(axis=0)
     denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)

@@ -3,7 +3,7 @@
 - relational, ``method="kl"``: per modality, the row-softmax of the within-batch cosine
   similarities divided by ``temperature`` (self-similarity excluded), KL(teacher || student),
   mean over rows. ``method="cka"``: 1 - linear CKA of the raw (centred) student and teacher
-  features (Kornblith et al., ICML 2019; same definition as :func:`lakd.analysis.linear_cka`).
+  features (Kornblith et al., ICML 2019), through :func:`lakd.analysis.linear_cka` on tensors.
   Both compare N x N structures, so student and teacher dims may differ (no heads involved).
 - rise_relative [RISE] (Huang et al., ICCV 2023): relative distances to text anchors. For each
   item, p = softmax(cos(x, a_k) / temperature) over K text anchors a_k in the teacher's space
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lakd.analysis.alignment import linear_cka
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.logits import softmax_kl
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
@@ -41,15 +42,6 @@ def similarity_kl(student_hat: torch.Tensor, teacher_hat: torch.Tensor, temperat
     # drop the diagonal (-inf in both) before the KL so no 0 * inf terms appear
     rows = len(student)
     return softmax_kl(student[off_diagonal].view(rows, rows - 1), teacher[off_diagonal].view(rows, rows - 1))
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Linear CKA of raw x [N, d_x] and y [N, d_y] (centred inside), differentiable, in [0, 1]."""
-    x, y = x - x.mean(dim=0), y - y.mean(dim=0)
-    cross = torch.linalg.matrix_norm(y.T @ x).pow(2)
-    return cross / (torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)).clamp_min(
-        torch.finfo(x.dtype).tiny
-    )
 
 
 def relational_kl(batch: DistillBatch, modality: str, temperature: float) -> torch.Tensor:
