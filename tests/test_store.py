@@ -366,3 +366,12 @@ def test_allow_nonfinite_drops_rows_and_keeps_alignment(tmp_path, caplog):
     assert store.n_texts == text.shape[0] == len(store.captions())
     assert "caption 1 of item 7" not in store.captions() and "caption 0 of item 7" in store.captions()
     assert store.n_items == len(kept)
+
+
+def test_paired_captions_follow_image_rows(store_path):
+    store = EmbeddingStore(store_path)
+    captions, text_item = store.captions(), store.text_item().tolist()
+    paired = store.paired_captions()
+    assert len(paired) == store.n_items
+    for row, caption in enumerate(paired):
+        assert caption == captions[text_item.index(row)]

@@ -635,6 +635,14 @@ class EmbeddingStore:
             out += _select(captions, shard.text_keep)
         return out
 
+    def paired_captions(self) -> list[str]:
+        """Each item's first caption ("" for an item without one), aligned with ``image`` rows
+        (the captions of the ``text_paired`` view)."""
+        captions, text_item = self.captions(), self.text_item()
+        first = torch.full((self.n_items,), len(captions), dtype=torch.int64)
+        first = first.scatter_reduce(0, text_item, torch.arange(len(captions)), reduce="amin")
+        return [captions[j] if j < len(captions) else "" for j in first.tolist()]
+
     def labels(self) -> torch.Tensor | None:
         """Class labels [n_items] int64 (-1 = none), or None when the store has no labels."""
         if not any("label" in shard.header.shapes for shard in self._shards):

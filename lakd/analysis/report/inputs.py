@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-import numpy as np
-
 from lakd.data import SourceOptions, open_source
 from lakd.data.sources import split_spec
 from lakd.data.store import META_NAME, EmbeddingStore
@@ -304,17 +302,9 @@ class RowLabels:
     captions: list[str]
 
 
-def first_captions(store: EmbeddingStore) -> list[str]:
-    """Each item's first caption ("" for an item without one), aligned with image rows."""
-    captions, text_item = store.captions(), store.text_item().numpy()
-    first = np.full(store.n_items, -1, dtype=np.int64)
-    first[text_item[::-1]] = np.arange(len(text_item))[::-1]
-    return [captions[j] if j >= 0 else "" for j in first]
-
-
 def row_labels(store: EmbeddingStore, text_view: str) -> dict[str, RowLabels]:
     """Labels of the ``image`` and ``text`` rows the report analyses (``text_view``: see TEXT_VIEWS)."""
-    ids, paired = store.ids(), first_captions(store)
+    ids, paired = store.ids(), store.paired_captions()
     labels = {"image": RowLabels(ids, paired)}
     if TEXT_VIEWS[text_view] == "text":
         text_item = store.text_item().tolist()
