@@ -464,3 +464,13 @@ def test_safetensors_weights_replaced_after_saving_are_detected(tmp_path):
     (tmp_path / "b.safetensors").replace(first)  # new weights under the old sidecar
     with pytest.raises(LakdError, match=r"a.safetensors: weights do not match a.safetensors.json"):
         load_model(str(first))
+
+
+def test_unavailable_hugging_face_tokenizer_is_one_line_error(monkeypatch):
+    from lakd.models.build import tokenizer_for
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {"text_cfg": {"hf_tokenizer_name": "no-such-org/no-such-tokenizer", "context_length": 16}}
+    with pytest.raises(LakdError, match=r"^ckpt\.pt: tokenizer 'no-such-org/no-such-tokenizer': ") as err:
+        tokenizer_for(cfg, None, source="ckpt.pt")
+    assert "\n" not in str(err.value)

@@ -134,8 +134,25 @@ def set_preprocess_cfg(model: torch.nn.Module, overrides: dict[str, Any]) -> Non
     open_clip.set_model_preprocess_cfg(model, cfg)
 
 
-def tokenizer_for(model_cfg: dict[str, Any], model_name: str | None):
-    """The tokenizer for a model config: open_clip's own choice for a registered name, else from text_cfg."""
+def tokenizer_for(model_cfg: dict[str, Any], model_name: str | None, *, source: str = "model"):
+    """The tokenizer for a model config: open_clip's own choice for a registered name, else from text_cfg.
+
+    A Hugging Face tokenizer that cannot be had (``transformers`` not installed, or offline without
+    a cached copy) is a one-line LakdError naming ``source``.
+    """
+    try:
+        return _tokenizer_for(model_cfg, model_name)
+    except (ImportError, OSError, ValueError) as err:
+        name = model_cfg.get("text_cfg", {}).get("hf_tokenizer_name") or model_name
+        hint = (
+            "install the Hugging Face `transformers` package"
+            if isinstance(err, ImportError)
+            else "it could not be loaded (offline without a cached copy?)"
+        )
+        raise LakdError(f"{source}: tokenizer {name!r}: {hint} ({first_line(err)})") from None
+
+
+def _tokenizer_for(model_cfg: dict[str, Any], model_name: str | None):
     text_cfg = model_cfg.get("text_cfg", {})
     context_length = text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
     if model_name and model_name in open_clip.list_models():

@@ -191,7 +191,7 @@ def _load_checkpoint(path: Path, *, arch: str | None, device: str, precision: st
     model.lakd_checkpoint_meta = {
         key: value for key, value in meta.items() if key != "optimizer" and key not in part_keys
     }
-    tokenizer = tokenizer_for(model_cfg, model_name)
+    tokenizer = tokenizer_for(model_cfg, model_name, source=str(path))
     return finish(model, tokenizer, spec=str(path), model_cfg=model_cfg, model_name=model_name), meta
 
 

@@ -153,7 +153,8 @@ def _create_named(name: str, spec: str, options: LoadOptions, *, pretrained: str
             name, pretrained=pretrained, precision=options.precision, device=options.device
         )
     model_cfg = open_clip.get_model_config(name)
-    return finish(model, tokenizer_for(model_cfg, name), spec=spec, model_cfg=model_cfg, model_name=name)
+    tokenizer = tokenizer_for(model_cfg, name, source=spec)
+    return finish(model, tokenizer, spec=spec, model_cfg=model_cfg, model_name=name)
 
 
 def _create_schema(spec: str, options: LoadOptions):
