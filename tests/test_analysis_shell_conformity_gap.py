@@ -163,3 +163,12 @@ def test_cone_effect_equals_brute_force_pairwise_mean():
     cos = unit(x) @ unit(x).T
     expected = (cos.sum() - np.trace(cos)) / (len(x) * (len(x) - 1))
     assert cone_effect(x) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("values", [[0.3, 0.3, 0.3], [0.3, 0.3 + 1e-16, 0.3 - 1e-16], [1e6, 1e6 + 1e-7, 1e6]])
+def test_histogram_of_nearly_constant_values(values):
+    from lakd.analysis.summary import histogram
+
+    h = histogram(np.array(values))
+    assert sum(h["counts"]) == len(values) and len(h["edges"]) == 51
+    assert h["edges"][0] <= min(values) <= max(values) <= h["edges"][-1]

@@ -551,3 +551,23 @@ def test_failure_midway_leaves_nothing(stores, tmp_path, monkeypatch):
         geometry_report(small(out, teacher=str(stores["student"]), overwrite=True))
     assert metrics_of(out)["previous"] is True  # replaced only on success
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary folder left
+
+
+def test_analysis_error_names_the_model_and_its_store(tmp_path, capsys):
+    from lakd.cli import main
+    from lakd.eval import write_embeddings
+
+    store = tmp_path / "tiny"
+    write_embeddings(
+        store,
+        torch.randn(2, 4),
+        model="m",
+        source="s",
+        text=torch.randn(2, 4),
+        text_item=torch.arange(2),
+        captions=["a", "b"],
+    )
+    assert main(["geometry", "report", "--embeddings", str(store), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: tiny ({store})") and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

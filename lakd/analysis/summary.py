@@ -10,7 +10,17 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 def histogram(values: np.ndarray, bins: int = 50, value_range: tuple[float, float] | None = None) -> dict:
-    """``{"edges": [bins + 1], "counts": [bins]}`` from ``numpy.histogram``."""
+    """``{"edges": [bins + 1], "counts": [bins]}`` from ``numpy.histogram``.
+
+    Values that are (nearly) all equal, whose span is too small to cut into ``bins`` float bins,
+    are binned on a small range centred on them (+-1e-6 of their magnitude) instead of failing.
+    """
+    if value_range is None and len(values):
+        low, high = float(np.min(values)), float(np.max(values))
+        scale = max(abs(low), abs(high), 1.0)
+        if high - low <= 1e-9 * scale:
+            middle = 0.5 * (low + high)
+            value_range = (middle - 1e-6 * scale, middle + 1e-6 * scale)
     counts, edges = np.histogram(values, bins=bins, range=value_range)
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 

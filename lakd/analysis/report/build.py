@@ -157,7 +157,10 @@ def assemble(
     models, results = [], {}
     for index, entry in enumerate(inputs):
         own = sources[entry.name]
-        result = analyze(own, reference=None if index == 0 else sources[reference], config=config)
+        try:
+            result = analyze(own, reference=None if index == 0 else sources[reference], config=config)
+        except LakdError as err:  # name the model and its store: analysis errors only know the metric
+            raise LakdError(f"{entry.name} ({stores[entry.name].path}): {err}") from None
         results[entry.name] = result.to_dict()
         views = {
             modality: modality_view(
