@@ -159,8 +159,8 @@ def assemble(
         own = sources[entry.name]
         try:
             result = analyze(own, reference=None if index == 0 else sources[reference], config=config)
-        except LakdError as err:  # name the model and its store: analysis errors only know the metric
-            raise LakdError(f"{entry.name} ({stores[entry.name].path}): {err}") from None
+        except LakdError as err:  # name the input as given: analysis errors only know the metric
+            raise LakdError(f"{entry.name} ({entry.spec}): {err}") from None
         results[entry.name] = result.to_dict()
         views = {
             modality: modality_view(
