@@ -55,14 +55,13 @@ CsvSep = Annotated[
 def _source_options(image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep):
     from lakd.data.base import SourceOptions
 
-    sep = {"\\t": "\t", "tab": "\t"}.get(csv_sep, csv_sep) if csv_sep else None
     return SourceOptions(
         image_root=image_root,
         download=download,
         allow_outside_root=allow_outside_root,
         csv_img_key=csv_img_key,
         csv_caption_key=csv_caption_key,
-        csv_sep=sep,
+        csv_sep=csv_sep or None,  # names such as "tab" or "\\t" are resolved by the CSV reader
     )
 
 

@@ -90,6 +90,14 @@ def test_csv_explicit_separator_and_quoted_captions(tmp_path):
     assert item.captions == ["semi; colon"]
 
 
+@pytest.mark.parametrize("name", ["tab", "\\t", "\t"])
+def test_csv_separator_given_by_name(tmp_path, name):
+    write_png(tmp_path / "a.png")
+    spec = write_csv(tmp_path / "c.csv", "filepath\ttitle\na.png\ta, b\n")
+    (item,) = all_items(open_source(spec, SourceOptions(csv_sep=name)))
+    assert item.captions == ["a, b"]
+
+
 def test_csv_missing_column_names_file_column_and_found_columns(tmp_path):
     spec = write_csv(tmp_path / "c.csv", "path,text\na.png,hello\n")
     with pytest.raises(
