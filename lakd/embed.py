@@ -11,7 +11,6 @@ counted. Reruns resume: finished shards are kept. Under torchrun each rank embed
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lakd import distributed
 from lakd.data import Item, Skipped, SourceOptions, describe_skipped, drop_skipped, open_source
 from lakd.data.store import EmbeddingStore, ShardData, StoreSpec, StoreWriter
 from lakd.errors import LakdError
@@ -178,31 +178,12 @@ def probe_dims(model, preprocess, tokenizer, device) -> dict[str, int]:
         }
 
 
-def distributed_context(device: str) -> tuple[int, int, str, bool]:
-    """``(rank, world_size, device, owns_group)`` under torchrun, ``(0, 1, device, False)`` otherwise.
-
-    Joins the process group when torchrun's environment is set but nobody initialised it (and
-    then owns it); ``device="cuda"`` becomes this process's ``cuda:LOCAL_RANK``.
-    """
-    dist = torch.distributed
-    joined = dist.is_available() and dist.is_initialized()
-    world_size = dist.get_world_size() if joined else int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, device, False
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    if not joined:
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, not joined
-
-
 def embed(cfg: EmbedConfig) -> EmbeddingStore:
     """Embed ``cfg.data`` with ``cfg.model`` into the store ``cfg.out`` and return it opened."""
     if cfg.batch_size < 1:
         raise LakdError(f"batch_size: must be positive, got {cfg.batch_size}")
-    rank, world_size, device, owns_group = distributed_context(cfg.device)
-    try:
+    with distributed.distributed(cfg.device) as context:
+        device = context.device
         model, preprocess, tokenizer = load_model(cfg.model, device=device, arch=cfg.arch)
         source = open_source(cfg.data, cfg.source_options)
         if len(source) == 0:
@@ -222,16 +203,13 @@ def embed(cfg: EmbedConfig) -> EmbeddingStore:
             cfg.out,
             spec,
             overwrite=cfg.overwrite,
-            rank=rank,
-            world_size=world_size,
+            rank=context.rank,
+            world_size=context.world_size,
             extra={"classnames": classnames, "options": options},
         )
-        _embed_shards(cfg, writer, source, model, preprocess, tokenizer, device, show_progress=rank == 0)
+        _embed_shards(cfg, writer, source, model, preprocess, tokenizer, device, show_progress=context.is_main)
         writer.finish()
         return EmbeddingStore(cfg.out, allow_nonfinite=cfg.allow_nonfinite)
-    finally:
-        if owns_group:
-            torch.distributed.destroy_process_group()
 
 
 def _embed_shards(

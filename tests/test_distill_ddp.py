@@ -148,7 +148,7 @@ def test_seeded_mfd_on_two_ranks_equals_one_process_with_each_ranks_masks_on_its
     model, heads, batch = mfd_setup(slice(None))
     halves = []
     for rank in range(WORLD):
-        monkeypatch.setattr(lakd.distill.feature, "distributed_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(lakd.distributed, "rank", lambda rank=rank: rank)
         rows = slice(rank * local, (rank + 1) * local)
         half = DistillBatch(
             student_image=batch.student_image[rows],

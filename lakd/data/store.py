@@ -46,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import lakd
+from lakd import distributed
 from lakd.errors import LakdError
 from lakd.io import atomic_path, write_json
 
@@ -250,12 +251,6 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _barrier() -> None:
-    """Synchronise ranks under torch.distributed; a no-op in a single process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 @dataclass
 class ClassPrompts:
     """Class-prompt text embeddings stored beside a store (``classes.safetensors``).
@@ -353,11 +348,11 @@ class StoreWriter:
             raise LakdError(f"{self.path}: exists and is not a folder; choose another --out")
         if not overwrite:
             self._check_existing()
-        _barrier()
+        distributed.barrier()
         if rank == 0:
             self._clear(everything=overwrite)
             write_json(self.path / META_NAME, self._meta(complete=False))
-        _barrier()
+        distributed.barrier()
 
     def _check_existing(self) -> None:
         if not self.path.is_dir():
@@ -420,7 +415,7 @@ class StoreWriter:
 
     def finish(self) -> dict[str, Any]:
         """Wait for all ranks, check every shard, write the complete meta (rank 0); return it."""
-        _barrier()
+        distributed.barrier()
         headers = []
         for index in range(len(self.ranges)):
             if not self.is_done(index):
@@ -430,7 +425,7 @@ class StoreWriter:
             headers.append(read_shard_header(self.shard_path(index)))
         meta = self._meta(complete=True, headers=headers)
         if meta["n_items"] == 0:
-            _barrier()
+            distributed.barrier()
             if self.rank == 0:
                 self._clear(everything=True)
                 if not any(self.path.iterdir()):
@@ -441,7 +436,7 @@ class StoreWriter:
             )
         if self.rank == 0:
             write_json(self.path / META_NAME, meta)
-        _barrier()
+        distributed.barrier()
         return meta
 
     def _meta(self, *, complete: bool, headers: list[ShardHeader] | None = None) -> dict[str, Any]:

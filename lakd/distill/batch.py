@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lakd.distill.distributed import distributed_world_size, gather_rows, keep_rows
+from lakd import distributed
 from lakd.errors import LakdError
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class DistillBatch:
     images: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     text_anchors: torch.Tensor | None = None
-    gather: Callable[[torch.Tensor], torch.Tensor] = keep_rows
+    gather: Callable[[torch.Tensor], torch.Tensor] = distributed.keep_rows
     _cache: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -164,21 +164,21 @@ class DistillBatch:
         """The global batch under torch.distributed (rows of all ranks in rank order), or ``self``.
 
         Features and labels are gathered with gradients for the local slice
-        (:func:`~lakd.distill.distributed.gather_rows`); ``images`` stay local and losses that
+        (:func:`~lakd.distributed.gather_rows`); ``images`` stay local and losses that
         encode them (MFD) gather their outputs with ``batch.gather``.
         """
-        if distributed_world_size() == 1:
+        if distributed.world_size() == 1:
             return self
 
         def maybe(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else gather_rows(x)
+            return None if x is None else distributed.gather_rows(x)
 
         return dataclasses.replace(
             self,
-            student_image=gather_rows(self.student_image),
-            student_text=gather_rows(self.student_text),
+            student_image=distributed.gather_rows(self.student_image),
+            student_text=distributed.gather_rows(self.student_text),
             teacher_image=maybe(self.teacher_image),
             teacher_text=maybe(self.teacher_text),
             labels=maybe(self.labels),
-            gather=gather_rows,
+            gather=distributed.gather_rows,
         )

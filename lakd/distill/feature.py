@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lakd import distributed
 from lakd.analysis.whitening import WhiteningStats, whiten
 from lakd.distill.batch import MODALITIES, DistillBatch
-from lakd.distill.distributed import distributed_rank
 from lakd.distill.masking import FALLBACKS, encode_masked_images, mask_seed
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
 from lakd.errors import LakdError
@@ -145,7 +145,7 @@ class MaskedFeatureDistillation(DistillLoss):
         """The masks' seed for this call (None without a base ``seed``); advances the call counter."""
         if self.seed is None:
             return None
-        seed = mask_seed(self.seed, distributed_rank(), int(self.step))
+        seed = mask_seed(self.seed, distributed.rank(), int(self.step))
         self.step += 1
         return seed
 

@@ -85,7 +85,7 @@ class Recipe(nn.Module):
     """Weighted sum of losses; ``forward(batch) -> RecipeOutput``.
 
     With ``gather=True`` the batch is gathered across ranks first (no-op on one process), so every
-    term is the loss of the global batch (:mod:`lakd.distill.distributed`).
+    term is the loss of the global batch (:mod:`lakd.distributed`).
     """
 
     def __init__(
