@@ -50,7 +50,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
     from lakd.embed import EmbedConfig, embed
     from lakd.eval import EvalConfig, evaluate
     from lakd.eval.results import format_summary
-    from lakd.models import load_model, save_checkpoint
+    from lakd.models import ModelSpec, load_model, save_checkpoint
     from lakd.whiten import WhitenFitConfig, fit_store_whitening
 
     out = Path(cfg.out)
@@ -62,7 +62,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
     echo(f"shapes world: {cfg.n} val scenes -> {data_dir}")
 
     for spec in cfg.models:
-        name = spec.split(":", 1)[-1]
+        name = ModelSpec.parse(spec).display_name
         model, _, _ = load_model(spec)
         ckpt = save_checkpoint(model, out / "models" / f"{name}.pt", extra={"note": "random init (demo)"})
         written[f"model/{name}"] = ckpt
@@ -80,7 +80,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
             f"({store.n_items} images, {store.n_texts} captions, dim {store.dim('image')})"
         )
 
-    stores = [str(written[f"embeddings/{spec.split(':', 1)[-1]}"]) for spec in cfg.models]
+    stores = [str(written[f"embeddings/{ModelSpec.parse(spec).display_name}"]) for spec in cfg.models]
     whitening = fit_store_whitening(
         WhitenFitConfig(stores[0], str(out / "whitening" / "teacher.safetensors"))
     )
@@ -88,7 +88,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
     echo(f"teacher whitening statistics: {', '.join(str(p) for p in whitening.values())}")
 
     for spec in cfg.models:
-        name = spec.split(":", 1)[-1]
+        name = ModelSpec.parse(spec).display_name
         ckpt = str(written[f"model/{name}"])
         for data, task in (
             (str(data_dir), "all"),

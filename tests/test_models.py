@@ -14,10 +14,12 @@ from PIL import Image
 
 from lakd.errors import LakdError
 from lakd.models import (
+    ModelSpec,
     export_local_dir,
     list_lakd_configs,
     load_checkpoint,
     load_model,
+    register_lakd_configs,
     save_checkpoint,
 )
 from lakd.models.safe_load import sidecar_path
@@ -73,13 +75,15 @@ def _same_weights(a, b) -> bool:
 
 def test_lakd_configs_are_listed_and_registered_with_open_clip():
     assert {"tiny-vit", "tiny-resnet"} <= set(list_lakd_configs())
+    register_lakd_configs()
+    register_lakd_configs()  # idempotent
     for name in list_lakd_configs():
         assert f"lakd-{name}" in open_clip.list_models()
 
 
 def test_tiny_configs_build_small_clip_models(tiny):
     spec, model, preprocess, tokenizer, images, tokens, (img, txt) = tiny
-    name = spec.split(":")[1]
+    name = ModelSpec.parse(spec).target
     assert isinstance(model, open_clip.CLIP) and not model.training
     assert model.lakd_spec == spec and model.lakd_model_name == f"lakd-{name}"
     assert model.lakd_model_cfg == open_clip.get_model_config(f"lakd-{name}")

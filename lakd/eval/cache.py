@@ -24,19 +24,9 @@ from lakd.embed import EmbedConfig, embed
 from lakd.errors import LakdError
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.io import write_json
-from lakd.models import load_model
+from lakd.models import ModelSpec, load_model
 
 CACHE_FILE = "eval-cache.json"
-
-
-def model_files(spec: str) -> list[Path]:
-    """Files whose change changes the model: a checkpoint (and its sidecar), or a local-dir's files."""
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix == "local-dir":
-        folder = Path(rest)
-        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    path = Path(spec)
-    return [p for p in (path, Path(f"{spec}.json")) if p.is_file()]
 
 
 def cache_identity(
@@ -48,7 +38,7 @@ def cache_identity(
         "arch": arch,
         "data": data,
         "source_options": asdict(source_options or SourceOptions()),
-        "model_files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in model_files(model)},
+        "model_files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in ModelSpec.parse(model).files()},
     }
 
 

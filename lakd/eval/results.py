@@ -28,19 +28,14 @@ LEADING_COLUMNS = ("file", "dataset", "model", "pretrained", "model_fullname", "
 
 
 def model_names(spec: str, arch: str | None = None) -> tuple[str, str]:
-    """A model spec as clip_benchmark's ``(model, pretrained)``.
+    """A model spec as clip_benchmark's ``(model, pretrained)`` (:meth:`ModelSpec.benchmark_names`);
+    a store's model label that is no spec (e.g. ``"<spec> whitened by <stats>"``) -> ``(label, "")``."""
+    from lakd.models.specs import ModelSpec  # light, but keeps `lakd eval table` free of lakd.models
 
-    ``open_clip:ARCH@TAG`` -> ``(ARCH, TAG)``; ``open_clip:ARCH`` -> ``(ARCH, "")``; a checkpoint
-    file loaded with ``arch`` -> ``(arch, file)`` (clip_benchmark's naming of checkpoint files); any
-    other spec (``lakd:NAME``, a self-describing lakd checkpoint, ``local-dir:``) -> ``(spec, "")``.
-    """
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix == "open_clip":
-        name, _, tag = rest.partition("@")
-        return name, tag
-    if arch:
-        return arch, spec
-    return spec, ""
+    try:
+        return ModelSpec.parse(spec).benchmark_names(arch)
+    except LakdError:
+        return spec, ""
 
 
 def result_record(

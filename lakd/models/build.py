@@ -1,8 +1,9 @@
 """Build open_clip models, tokenizers and eval transforms; register lakd's shipped configs.
 
-Shipped configs live in ``configs/lakd-NAME.json`` and are registered with open_clip under
-``lakd-NAME`` (so ``open_clip.create_model_and_transforms("lakd-tiny-vit")`` works once
-:mod:`lakd.models` is imported); lakd names them ``lakd:NAME``.
+Shipped configs live in ``configs/lakd-NAME.json``; lakd names them ``lakd:NAME``.
+:func:`register_lakd_configs` registers them with open_clip under ``lakd-NAME`` (so
+``open_clip.create_model_and_transforms("lakd-tiny-vit")`` works); every lakd function that builds
+a model or reads a checkpoint calls it first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -22,16 +22,10 @@ from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
 from lakd.errors import LakdError
+from lakd.models.specs import CONFIG_DIR, LAKD_CONFIG_PREFIX, ModelSpec, list_lakd_configs, scheme_of
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-LAKD_CONFIG_PREFIX = "lakd-"
 # Precisions open_clip's create_model understands for inference ("amp" variants are a training concern).
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
-
-
-def list_lakd_configs() -> list[str]:
-    """Names of the configs shipped inside lakd, usable as ``lakd:NAME`` (e.g. ``"tiny-vit"``)."""
-    return sorted(p.stem[len(LAKD_CONFIG_PREFIX) :] for p in CONFIG_DIR.glob(f"{LAKD_CONFIG_PREFIX}*.json"))
 
 
 def register_lakd_configs() -> None:
@@ -69,12 +63,9 @@ def quiet_open_clip() -> Iterator[None]:
 
 def resolve_arch(arch: str) -> tuple[str, dict[str, Any]]:
     """``"lakd:tiny-vit"`` / ``"open_clip:ViT-B-32"`` / ``"ViT-B-32"`` -> (open_clip config name, config)."""
-    name = arch
-    if arch.startswith("lakd:"):
-        name = LAKD_CONFIG_PREFIX + arch[len("lakd:") :]
-    elif arch.startswith("open_clip:"):
-        name = arch[len("open_clip:") :]
-    name = name.replace("/", "-")
+    register_lakd_configs()
+    name = ModelSpec.parse(arch).config_name if scheme_of(arch) else None
+    name = (name or arch).replace("/", "-")
     cfg = open_clip.get_model_config(name) if name in open_clip.list_models() else None
     if cfg is None:
         raise LakdError(f"architecture {arch!r}: unknown ({describe_known_archs()})")
@@ -153,6 +144,7 @@ def tokenizer_for(model_cfg: dict[str, Any], model_name: str | None, *, source: 
 
 
 def _tokenizer_for(model_cfg: dict[str, Any], model_name: str | None):
+    register_lakd_configs()
     text_cfg = model_cfg.get("text_cfg", {})
     context_length = text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
     if model_name and model_name in open_clip.list_models():

@@ -1,198 +1,140 @@
-"""One string names any model: ``load_model(spec)`` -> (model, preprocess, tokenizer).
+"""One string names any model; :meth:`ModelSpec.parse` is the one parser of every form.
 
-Spec forms (DESIGN.md "Model specs"), looked up in ``SCHEMES`` by prefix; anything else is a
-checkpoint path, matched by suffix in :data:`lakd.models.safe_load.READERS`:
+| form | scheme | target | tag |
+|---|---|---|---|
+| ``lakd:NAME`` | ``lakd`` | a config shipped in lakd (:func:`list_lakd_configs`), random init | None |
+| ``open_clip:ARCH[@TAG]`` | ``open_clip`` | an open_clip architecture (``/`` read as ``-``) | pretrained tag or None |
+| ``local-dir:PATH`` | ``local-dir`` | a folder written by open_clip / :func:`lakd.models.export_local_dir` | None |
+| ``hf-hub:ORG/REPO`` | ``hf-hub`` | a Hugging Face Hub repository | None |
+| ``path/ckpt.pt`` (``.pth``, ``.bin``, ``.safetensors``) | ``file`` | the checkpoint file | None |
 
-- ``lakd:NAME``                configs shipped in lakd (:func:`list_lakd_configs`), random init
-- ``open_clip:ARCH[@TAG]``     an open_clip architecture, random init or a pretrained tag
-- ``local-dir:PATH``, ``hf-hub:ORG/REPO``   passed to open_clip as is
-- ``path/to/ckpt.pt`` / ``.safetensors``   a lakd checkpoint, or an open_clip one with ``arch``
-
-Pretrained tags and ``hf-hub:`` download on the user's machine; with ``HF_HUB_OFFLINE=1`` and
-nothing cached they fail with a :class:`LakdError` instead of reaching the network.
+Parsing reads no file and imports nothing heavy (no torch, no open_clip), so commands check every
+spec they are given before any model loads; :mod:`lakd.models.factory` turns a spec into a model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-
-import huggingface_hub
-import open_clip
-import torch
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from pathlib import Path
 
 from lakd.errors import LakdError
-from lakd.models.build import (
-    LAKD_CONFIG_PREFIX,
-    check_precision,
-    describe_known_archs,
-    finish,
-    first_line,
-    list_lakd_configs,
-    quiet_open_clip,
-    tokenizer_for,
-)
-from lakd.models.checkpoint import load_checkpoint
-from lakd.models.safe_load import READERS
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+LAKD_CONFIG_PREFIX = "lakd-"  # shipped configs are registered with open_clip as lakd-NAME
+SCHEMES = ("lakd", "open_clip", "local-dir", "hf-hub")
+FILE = "file"
+# checkpoint suffixes, each read by lakd.models.safe_load without unpickling code
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    device: str = "cpu"
-    arch: str | None = None
-    precision: str = "fp32"
-
-
-Resolver = Callable[[str, str, LoadOptions], tuple]
-SCHEMES: dict[str, Resolver] = {}
-
-
-def register_scheme(prefix: str) -> Callable[[Resolver], Resolver]:
-    """Register ``resolver(rest, spec, options)`` for specs written ``prefix:rest``."""
-
-    def deco(fn: Resolver) -> Resolver:
-        SCHEMES[prefix] = fn
-        return fn
-
-    return deco
+def list_lakd_configs() -> list[str]:
+    """Names of the configs shipped inside lakd, usable as ``lakd:NAME`` (e.g. ``"tiny-vit"``)."""
+    return sorted(p.stem[len(LAKD_CONFIG_PREFIX) :] for p in CONFIG_DIR.glob(f"{LAKD_CONFIG_PREFIX}*.json"))
 
 
 def accepted_forms() -> str:
-    schemes = ", ".join(f"{prefix}:..." for prefix in SCHEMES)
-    return f"{schemes}, or a checkpoint file ending in {', '.join(READERS)}"
+    """The spec forms, for error messages."""
+    schemes = ", ".join(f"{scheme}:..." for scheme in SCHEMES)
+    return f"{schemes}, or a checkpoint file ending in {', '.join(CHECKPOINT_SUFFIXES)}"
 
 
-def load_model(
-    spec: str | os.PathLike,
-    *,
-    device: str = "cpu",
-    arch: str | None = None,
-    precision: str = "fp32",
-    seed: int = 0,
-):
-    """Resolve a model spec -> (model in eval mode, eval preprocess, tokenizer).
-
-    The model carries ``lakd_spec``, ``lakd_model_cfg`` (the open_clip config it was built from)
-    and ``lakd_model_name`` (the open_clip config name, or None). ``arch`` applies to checkpoint
-    files only (an open_clip checkpoint has no config of its own). Random-init weights
-    (``lakd:NAME``, ``open_clip:ARCH`` without a tag) are drawn from torch's CPU generator seeded
-    with ``seed``, so a spec names the same weights in every process, rank and rerun; the caller's
-    random state is left as it was.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _resolve(os.fspath(spec), device=device, arch=arch, precision=precision)
+def scheme_of(text: str) -> str | None:
+    """The scheme of ``text`` when it starts with a known ``scheme:``, else None."""
+    prefix, sep, _ = text.partition(":")
+    return prefix if sep and prefix in SCHEMES else None
 
 
-def _resolve(spec: str, *, device: str, arch: str | None, precision: str):
-    check_precision(precision)
-    options = LoadOptions(device=device, arch=arch, precision=precision)
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix in SCHEMES:
-        if arch is not None:
-            raise LakdError(f"{spec}: --arch applies only to checkpoint files")
-        return SCHEMES[prefix](rest, spec, options)
-    if Path(spec).suffix.lower() in READERS:
-        return load_checkpoint(spec, arch=arch, device=device, precision=precision)
-    raise LakdError(f"{spec}: not a model spec (use {accepted_forms()})")
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec (table in the module docstring); ``text`` is the spec as given."""
 
+    text: str
+    scheme: str
+    target: str
+    tag: str | None = None
 
-@register_scheme("lakd")
-def _lakd_config(name: str, spec: str, options: LoadOptions):
-    if name not in list_lakd_configs():
-        raise LakdError(f"{spec}: unknown lakd config (available: {', '.join(list_lakd_configs())})")
-    return _create_named(LAKD_CONFIG_PREFIX + name, spec, options)
+    @classmethod
+    def parse(cls, text: str | os.PathLike) -> ModelSpec:
+        """Parse any spec form; a string that is none of them is a one-line LakdError."""
+        text = os.fspath(text)
+        scheme = scheme_of(text)
+        if scheme is not None:
+            rest = text[len(scheme) + 1 :]
+            if not rest:
+                raise LakdError(f"{text}: names no {scheme} model after '{scheme}:'")
+            if scheme == "open_clip":
+                arch, _, tag = rest.partition("@")
+                return cls(text, scheme, arch.replace("/", "-"), tag or None)
+            return cls(text, scheme, rest)
+        if Path(text).suffix.lower() in CHECKPOINT_SUFFIXES:
+            return cls(text, FILE, text)
+        raise LakdError(f"{text}: not a model spec (use {accepted_forms()})")
 
+    def __str__(self) -> str:
+        return self.text
 
-@register_scheme("open_clip")
-def _open_clip_arch(rest: str, spec: str, options: LoadOptions):
-    arch, _, tag = rest.partition("@")
-    arch = arch.replace("/", "-")
-    if arch not in open_clip.list_models():
-        raise LakdError(f"{spec}: unknown open_clip architecture {arch!r} ({describe_known_archs()})")
-    if not tag:
-        return _create_named(arch, spec, options)
-    tag_cfg = open_clip.get_pretrained_cfg(arch, tag)
-    if not tag_cfg:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise LakdError(
-            f"{spec}: unknown pretrained tag {tag!r} for {arch} (available: {', '.join(tags) or 'none'})"
-        )
-    if _offline() and not _tag_is_cached(tag_cfg):
-        raise LakdError(
-            f"{spec}: pretrained tag {tag!r} could not be fetched offline (HF_HUB_OFFLINE is set)"
-        )
-    return _create_named(arch, spec, options, pretrained=tag)
+    @property
+    def is_file(self) -> bool:
+        """Whether the spec is a checkpoint file."""
+        return self.scheme == FILE
 
+    @property
+    def random_init(self) -> bool:
+        """Whether the weights are drawn at random (``lakd:NAME``, ``open_clip:ARCH`` without a tag)."""
+        return self.scheme == "lakd" or (self.scheme == "open_clip" and self.tag is None)
 
-@register_scheme("hf-hub")
-def _hf_hub(repo: str, spec: str, options: LoadOptions):
-    if _offline() and not _is_cached(repo, "open_clip_config.json"):
-        raise LakdError(f"{spec}: could not be fetched offline (HF_HUB_OFFLINE is set and it is not cached)")
-    return _create_schema(spec, options)
+    @property
+    def config_name(self) -> str | None:
+        """The open_clip config name of ``lakd:`` and ``open_clip:`` specs (None for the others)."""
+        if self.scheme == "lakd":
+            return LAKD_CONFIG_PREFIX + self.target
+        return self.target if self.scheme == "open_clip" else None
 
+    @property
+    def display_name(self) -> str:
+        """A short name for tables and legends: a file's stem, a folder's or repository's last part,
+        a config name, or ``ARCH@TAG``."""
+        if self.is_file:
+            return Path(self.target).stem or self.text
+        if self.scheme == "open_clip":
+            return self.target + (f"@{self.tag}" if self.tag else "")
+        return self.target.rstrip("/").rsplit("/", 1)[-1] or self.text
 
-@register_scheme("local-dir")
-def _local_dir(path: str, spec: str, options: LoadOptions):
-    folder = Path(path)
-    if not folder.is_dir():
-        raise LakdError(f"{spec}: no such folder")
-    if not (folder / "open_clip_config.json").is_file():
-        raise LakdError(f"{spec}: no open_clip_config.json in the folder")
-    return _create_schema(spec, options)
+    def files(self) -> list[Path]:
+        """The existing files the model is read from: a checkpoint with its sidecar, or a local-dir
+        folder's files (empty for configs and hub repositories). Their change changes the model."""
+        if self.scheme == "local-dir":
+            folder = Path(self.target)
+            return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        if self.is_file:
+            path = Path(self.target)
+            return [p for p in (path, path.with_name(path.name + ".json")) if p.is_file()]
+        return []
 
+    def check(self) -> None:
+        """Cheap check before anything loads: a checkpoint file or local-dir folder must exist, a
+        ``lakd:`` config must be shipped. LakdError naming the spec otherwise."""
+        if self.scheme == "lakd" and self.target not in list_lakd_configs():
+            raise LakdError(f"{self.text}: unknown lakd config (available: {', '.join(list_lakd_configs())})")
+        if self.is_file:
+            path = Path(self.target)
+            if path.is_dir():
+                raise LakdError(
+                    f"{self.text}: is a directory, not a checkpoint file "
+                    f"(an exported folder loads as local-dir:{self.text})"
+                )
+            if not path.is_file():
+                raise LakdError(f"{self.text}: no such checkpoint file")
+        if self.scheme == "local-dir" and not Path(self.target).is_dir():
+            raise LakdError(f"{self.text}: no such folder")
 
-def _create_named(name: str, spec: str, options: LoadOptions, *, pretrained: str | None = None):
-    """An open_clip config name (+ optional pretrained tag) via open_clip.create_model."""
-    with _open_clip_errors(spec), quiet_open_clip():
-        model = open_clip.create_model(
-            name, pretrained=pretrained, precision=options.precision, device=options.device
-        )
-    model_cfg = open_clip.get_model_config(name)
-    tokenizer = tokenizer_for(model_cfg, name, source=spec)
-    return finish(model, tokenizer, spec=spec, model_cfg=model_cfg, model_name=name)
-
-
-def _create_schema(spec: str, options: LoadOptions):
-    """``local-dir:`` / ``hf-hub:`` specs, handed to open_clip as they are."""
-    with _open_clip_errors(spec), quiet_open_clip():
-        model = open_clip.create_model(spec, precision=options.precision, device=options.device)
-        model_cfg = open_clip.get_model_config(spec)
-        tokenizer = open_clip.get_tokenizer(spec)
-    return finish(model, tokenizer, spec=spec, model_cfg=model_cfg, model_name=None)
-
-
-@contextlib.contextmanager
-def _open_clip_errors(spec: str) -> Iterator[None]:
-    """Turn open_clip's failures (download, bad config, weights) into one-line LakdErrors naming the spec."""
-    try:
-        yield
-    except LakdError:
-        raise
-    except Exception as err:
-        raise LakdError(f"{spec}: open_clip could not load it ({first_line(err)})") from err
-
-
-def _offline() -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return flag in {"1", "ON", "YES", "TRUE"} or huggingface_hub.constants.HF_HUB_OFFLINE
-
-
-def _is_cached(repo_id: str, filename: str) -> bool:
-    return isinstance(huggingface_hub.try_to_load_from_cache(repo_id, filename), str)
-
-
-def _tag_is_cached(tag_cfg: dict) -> bool:
-    """Whether the weights open_clip would download for a pretrained tag are already in the HF cache."""
-    if tag_cfg.get("file"):
-        return Path(tag_cfg["file"]).is_file()
-    repo_id, filename = os.path.split(tag_cfg.get("hf_hub", ""))
-    if not repo_id:
-        return False
-    filename = filename or HF_WEIGHTS_NAME
-    candidates = {filename, HF_SAFE_WEIGHTS_NAME, str(PurePosixPath(filename).with_suffix(".safetensors"))}
-    return any(_is_cached(repo_id, name) for name in candidates)
+    def benchmark_names(self, arch: str | None = None) -> tuple[str, str]:
+        """The spec as clip_benchmark's ``(model, pretrained)``: ``open_clip:ARCH@TAG`` -> (ARCH, TAG),
+        ``open_clip:ARCH`` -> (ARCH, ""), a checkpoint file read with ``arch`` -> (arch, file), any other
+        spec -> (spec, "")."""
+        if self.scheme == "open_clip":
+            return self.target, self.tag or ""
+        if arch and self.is_file:
+            return arch, self.text
+        return self.text, ""
