@@ -7,8 +7,12 @@ User-input problems surface as :class:`lakd.errors.LakdError` and are printed as
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -34,35 +38,86 @@ def _root(
     """lakd: measure CLIP embedding geometry and distil CLIP teachers into small students."""
 
 
-# Options shared by every command that reads data (``--data`` accepts any data spec).
-ImageRoot = Annotated[
-    str | None, typer.Option("--image-root", help="Image folder for COCO JSON / CSV paths.")
-]
-Download = Annotated[
-    bool, typer.Option("--download", help="Allow torchvision data sets to download (tv:NAME).")
-]
-AllowOutsideRoot = Annotated[
-    bool,
-    typer.Option("--allow-outside-root", help="Accept image paths that leave the data folder."),
-]
-CsvImgKey = Annotated[str, typer.Option("--csv-img-key", help="CSV column with image paths.")]
-CsvCaptionKey = Annotated[str, typer.Option("--csv-caption-key", help="CSV column with captions.")]
-CsvSep = Annotated[
-    str | None, typer.Option("--csv-separator", help="CSV separator (default: detect tab or comma).")
-]
+# ---- data options, stated once ---------------------------------------------------------------
+# What the data is belongs in the data spec (``captions.csv?img_key=...&root=DIR``); the flags below
+# are aliases that fill the spec's options. What a source may do (download, leave its image folder)
+# is SourceOptions. ``@data_options`` adds all of them to a command, which receives ``data_flags``.
 
-
-def _source_options(image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep):
-    from lakd.data.base import SourceOptions
-
-    return SourceOptions(
-        image_root=image_root,
-        download=download,
-        allow_outside_root=allow_outside_root,
-        csv_img_key=csv_img_key,
-        csv_caption_key=csv_caption_key,
-        csv_sep=csv_sep or None,  # names such as "tab" or "\\t" are resolved by the CSV reader
+DATA_FLAGS: tuple[inspect.Parameter, ...] = tuple(
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, default, annotation in (
+        (
+            "image_root",
+            None,
+            Annotated[str | None, typer.Option("--image-root", help="Image folder of a CSV or COCO JSON (the spec's root=).")],
+        ),
+        (
+            "csv_img_key",
+            None,
+            Annotated[str | None, typer.Option("--csv-img-key", help="CSV column with image paths (img_key=; default filepath).")],
+        ),
+        (
+            "csv_caption_key",
+            None,
+            Annotated[str | None, typer.Option("--csv-caption-key", help="CSV column with captions (caption_key=; default title).")],
+        ),
+        (
+            "csv_sep",
+            None,
+            Annotated[str | None, typer.Option("--csv-separator", help="CSV separator (sep=; tab, comma, ...; default: detect).")],
+        ),
+        (
+            "download",
+            False,
+            Annotated[bool, typer.Option("--download", help="Allow torchvision data sets to download (tv:NAME).")],
+        ),
+        (
+            "allow_outside_root",
+            False,
+            Annotated[bool, typer.Option("--allow-outside-root", help="Accept image paths that leave the data folder.")],
+        ),
     )
+)
+# flag -> the data-spec option it fills
+SPEC_ALIASES = {"image_root": "root", "csv_img_key": "img_key", "csv_caption_key": "caption_key", "csv_sep": "sep"}
+
+
+@dataclass(frozen=True)
+class DataFlags:
+    """The values of the shared data flags of one command call."""
+
+    values: dict
+
+    def spec(self, data: str | None) -> str | None:
+        """``data`` with the alias flags written into its options (None stays None)."""
+        from lakd.data.sources import with_query
+
+        if data is None:
+            given = [f"--{flag.replace('_', '-')}" for flag in SPEC_ALIASES if self.values[flag] is not None]
+            if given:
+                raise LakdError(f"{', '.join(given)}: only used with --data")
+            return None
+        return with_query(data, {option: self.values[flag] for flag, option in SPEC_ALIASES.items()})
+
+    @property
+    def options(self):
+        from lakd.data.base import SourceOptions
+
+        return SourceOptions(download=self.values["download"], allow_outside_root=self.values["allow_outside_root"])
+
+
+def data_options(command: Callable) -> Callable:
+    """Give ``command`` the shared data flags; it receives them as ``data_flags: DataFlags``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "data_flags"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        flags = DataFlags({p.name: kwargs.pop(p.name) for p in DATA_FLAGS})
+        return command(**kwargs, data_flags=flags)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *DATA_FLAGS])  # type: ignore[attr-defined]
+    return wrapper
 
 
 @data_app.command("shapes")
@@ -82,6 +137,7 @@ def data_shapes(
 
 
 @app.command()
+@data_options
 def embed(
     model: Annotated[
         str, typer.Option("--model", help="Model spec (ckpt.pt, open_clip:ARCH[@TAG], lakd:NAME, ...).")
@@ -104,12 +160,7 @@ def embed(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a store made with other settings.")
     ] = False,
-    image_root: ImageRoot = None,
-    download: Download = False,
-    allow_outside_root: AllowOutsideRoot = False,
-    csv_img_key: CsvImgKey = "filepath",
-    csv_caption_key: CsvCaptionKey = "title",
-    csv_sep: CsvSep = None,
+    data_flags: DataFlags | None = None,
 ) -> None:
     """Write raw image and text embeddings of a data set to an embedding store (resumable)."""
     from lakd.embed import EmbedConfig
@@ -117,7 +168,7 @@ def embed(
 
     cfg = EmbedConfig(
         model=model,
-        data=data,
+        data=data_flags.spec(data),
         out=str(out),
         batch_size=batch_size,
         device=device,
@@ -127,9 +178,7 @@ def embed(
         allow_nonfinite=allow_nonfinite,
         overwrite=overwrite,
         arch=arch,
-        source_options=_source_options(
-            image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep
-        ),
+        source_options=data_flags.options,
     )
     store = run_embed(cfg)
     typer.echo(
@@ -166,6 +215,7 @@ app.add_typer(eval_app, name="eval")
 
 
 @eval_app.callback(invoke_without_command=True)
+@data_options
 def eval_run(
     ctx: typer.Context,
     model: Annotated[
@@ -202,12 +252,7 @@ def eval_run(
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Embedding cache (default: eval-cache/ beside --out).")
     ] = None,
-    image_root: ImageRoot = None,
-    download: Download = False,
-    allow_outside_root: AllowOutsideRoot = False,
-    csv_img_key: CsvImgKey = "filepath",
-    csv_caption_key: CsvCaptionKey = "title",
-    csv_sep: CsvSep = None,
+    data_flags: DataFlags | None = None,
 ) -> None:
     """Evaluate a model (or an embedding store); `lakd eval table` merges result files into a CSV."""
     if ctx.invoked_subcommand is not None:
@@ -219,7 +264,7 @@ def eval_run(
         raise LakdError("--out: give the result file to write (e.g. --out results.json)")
     cfg = EvalConfig(
         model=model,
-        data=data,
+        data=data_flags.spec(data),
         embeddings=embeddings,
         task=task,
         out=str(out),
@@ -230,9 +275,7 @@ def eval_run(
         device=device,
         arch=arch,
         cache_dir=str(cache_dir) if cache_dir else None,
-        source_options=_source_options(
-            image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep
-        ),
+        source_options=data_flags.options,
     )
     records = evaluate(cfg)
     typer.echo(format_summary(list(records.values())))
@@ -337,6 +380,7 @@ ModelList = Annotated[
 
 
 @geometry_app.command("report")
+@data_options
 def geometry_report_command(
     out: Annotated[Path, typer.Option("--out", help="Report folder to write.")],
     model: ModelList = None,
@@ -369,12 +413,7 @@ def geometry_report_command(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every sample and of t-SNE.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
-    image_root: ImageRoot = None,
-    download: Download = False,
-    allow_outside_root: AllowOutsideRoot = False,
-    csv_img_key: CsvImgKey = "filepath",
-    csv_caption_key: CsvCaptionKey = "title",
-    csv_sep: CsvSep = None,
+    data_flags: DataFlags | None = None,
 ) -> None:
     """Geometry report of one or more models: report.html, figures/*.png, metrics.json, metrics.csv."""
     from lakd.analysis.report import ReportConfig, geometry_report, report_summary
@@ -385,7 +424,7 @@ def geometry_report_command(
         teacher=teacher,
         students=tuple(student or ()),
         embeddings=tuple(embeddings or ()),
-        data=data,
+        data=data_flags.spec(data),
         overwrite=overwrite,
         sample_size=sample_size,
         tsne_items=tsne_items,
@@ -393,9 +432,7 @@ def geometry_report_command(
         seed=seed,
         batch_size=batch_size,
         device=device,
-        source_options=_source_options(
-            image_root, download, allow_outside_root, csv_img_key, csv_caption_key, csv_sep
-        ),
+        source_options=data_flags.options,
     )
     typer.echo(report_summary(geometry_report(cfg)))
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import lakd.embed
 from lakd.data import Item, Skipped
-from lakd.data.sources import SCHEMES, register_scheme
+from lakd.data.sources import SourceKind, register_source, unregister_source
 from lakd.data.store import META_NAME, EmbeddingStore, shard_file_name
 from lakd.embed import EmbedConfig, count_truncated, embed, embed_texts
 from lakd.errors import LakdError
@@ -61,6 +61,16 @@ def open_tiny_world(rest: str, query: dict[str, str], options) -> TinyWorld:
     return TinyWorld(n, _indices(query.get("skip", ""), n), _indices(query.get("long", ""), n))
 
 
+TINY_WORLD = SourceKind("embedtest", open_tiny_world, scheme="embedtest")
+
+
+@pytest.fixture
+def tiny_world_scheme():
+    register_source(TINY_WORLD)
+    yield TINY_WORLD
+    unregister_source(TINY_WORLD.name)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
@@ -68,7 +78,7 @@ def tiny():
 
 
 @pytest.fixture
-def counting(tiny, monkeypatch):
+def counting(tiny, monkeypatch, tiny_world_scheme):
     """Route embed's model loading to the shared tiny model; count the images it encodes."""
     model, preprocess, tokenizer = tiny
     counts = {"images": 0, "loads": 0}
@@ -84,7 +94,6 @@ def counting(tiny, monkeypatch):
 
     monkeypatch.setattr(model, "encode_image", counted_encode_image, raising=False)
     monkeypatch.setattr(lakd.embed, "load_model", fake_load_model)
-    monkeypatch.setitem(SCHEMES, "embedtest", open_tiny_world)
     return counts
 
 
@@ -228,8 +237,7 @@ def test_bad_options_are_errors(tmp_path, counting):
     assert not (tmp_path / "emb").exists()
 
 
-def test_random_init_spec_embeds_the_same_on_every_run(tmp_path, monkeypatch):
-    monkeypatch.setitem(SCHEMES, "embedtest", open_tiny_world)
+def test_random_init_spec_embeds_the_same_on_every_run(tmp_path, tiny_world_scheme):
     rng_state = torch.random.get_rng_state()
     first = embed(EmbedConfig(model="lakd:tiny-vit", data="embedtest:4", out=str(tmp_path / "a")))
     second = embed(EmbedConfig(model="lakd:tiny-vit", data="embedtest:4", out=str(tmp_path / "b")))
@@ -249,7 +257,7 @@ def _free_port() -> int:
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    register_scheme("embedtest")(open_tiny_world)
+    register_source(TINY_WORLD)
     store = embed(
         EmbedConfig(model="lakd:tiny-vit", data="embedtest:24", out=out, batch_size=8, shard_size=8)
     )

@@ -17,6 +17,7 @@ from PIL import Image
 from lakd.data import Item, Skipped, SourceOptions, describe_skipped, drop_skipped, open_source
 from lakd.data.readers.imagefolder import looks_like_image_folder, open_image_folder
 from lakd.data.readers.wds import expand_braces
+from lakd.data.sources import with_query
 from lakd.errors import LakdError
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -75,10 +76,8 @@ def test_tsv_detected_from_header_with_custom_keys_and_image_root(tmp_path):
     images = tmp_path / "elsewhere"
     write_png(images / "x.png", "blue", mode="L")
     spec = write_csv(tmp_path / "data.tsv", "image\tcaption, with comma\tother\nx.png\ta, b\t1\n")
-    options = SourceOptions(
-        csv_img_key="image", csv_caption_key="caption, with comma", image_root=str(images)
-    )
-    (item,) = all_items(open_source(spec, options))
+    spec = with_query(spec, {"img_key": "image", "caption_key": "caption, with comma", "root": str(images)})
+    (item,) = all_items(open_source(spec))
     assert item.captions == ["a, b"]
     assert item.image.mode == "RGB"
 
@@ -86,7 +85,7 @@ def test_tsv_detected_from_header_with_custom_keys_and_image_root(tmp_path):
 def test_csv_explicit_separator_and_quoted_captions(tmp_path):
     write_png(tmp_path / "a.png")
     spec = write_csv(tmp_path / "c.csv", 'filepath;title\na.png;"semi; colon"\n')
-    (item,) = all_items(open_source(spec, SourceOptions(csv_sep=";")))
+    (item,) = all_items(open_source(f"{spec}?sep=;"))
     assert item.captions == ["semi; colon"]
 
 
@@ -94,7 +93,7 @@ def test_csv_explicit_separator_and_quoted_captions(tmp_path):
 def test_csv_separator_given_by_name(tmp_path, name):
     write_png(tmp_path / "a.png")
     spec = write_csv(tmp_path / "c.csv", "filepath\ttitle\na.png\ta, b\n")
-    (item,) = all_items(open_source(spec, SourceOptions(csv_sep=name)))
+    (item,) = all_items(open_source(with_query(spec, {"sep": name})))
     assert item.captions == ["a, b"]
 
 
@@ -116,8 +115,8 @@ def test_csv_missing_column_names_file_column_and_found_columns(tmp_path):
 )
 def test_csv_wrong_separator_gets_a_hint(tmp_path, header, sep, looks):
     spec = write_csv(tmp_path / "c.csv", f"{header}\nrow\n")
-    with pytest.raises(LakdError, match=rf"missing column.*looks {looks}-separated.*--csv-separator\b"):
-        open_source(spec, SourceOptions(csv_sep=sep))
+    with pytest.raises(LakdError, match=rf"missing column.*looks {looks}-separated.*\(sep={looks}\)"):
+        open_source(with_query(spec, {"sep": sep}))
 
 
 @pytest.mark.parametrize(
@@ -174,7 +173,7 @@ def test_csv_absolute_path_inside_the_root_is_accepted(tmp_path):
 def test_csv_missing_image_root_is_an_error(tmp_path):
     spec = write_csv(tmp_path / "c.csv", "filepath,title\na.png,x\n")
     with pytest.raises(LakdError, match="image root .*nowhere is not a folder"):
-        open_source(spec, SourceOptions(image_root=str(tmp_path / "nowhere")))
+        open_source(with_query(spec, {"root": str(tmp_path / "nowhere")}))
 
 
 def test_unreadable_images_become_skipped_items(tmp_path):
@@ -242,7 +241,7 @@ def test_coco_keeps_all_captions_per_image_with_json_folder_as_default_root(tmp_
 def test_coco_uses_image_root_option(tmp_path):
     write_png(tmp_path / "val2017" / "a.png", "red")
     spec = write_json(tmp_path / "annotations" / "captions.json", COCO_OK)
-    with_root = open_source(spec, SourceOptions(image_root=str(tmp_path / "val2017")))
+    with_root = open_source(f"{spec}?root={tmp_path / 'val2017'}")
     assert isinstance(with_root[0], Item)
     assert isinstance(open_source(spec)[0], Skipped)
 

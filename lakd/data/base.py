@@ -12,6 +12,8 @@ from typing import Any
 
 from PIL import Image
 
+from lakd.errors import LakdError
+
 
 @dataclass
 class Item:
@@ -39,19 +41,37 @@ class Skipped:
     reason: str
 
 
+LEGACY_OPTION_DEFAULTS = {"image_root": None, "csv_img_key": "filepath", "csv_caption_key": "title", "csv_sep": None}
+
+
 @dataclass
 class SourceOptions:
-    """Options shared by every data source (the CLI's ``--image-root``, ``--download``, ...).
+    """What a data source may do, as opposed to what the data is (that is the data spec and its
+    ``?key=value`` options, :mod:`lakd.data.sources`): ``download`` lets torchvision data sets
+    download (``--download``); ``allow_outside_root`` accepts image paths that leave the data's
+    image folder (``--allow-outside-root``)."""
 
-    ``csv_sep=None`` detects tab or comma from the header line.
-    """
-
-    image_root: str | None = None
     download: bool = False
     allow_outside_root: bool = False
-    csv_img_key: str = "filepath"
-    csv_caption_key: str = "title"
-    csv_sep: str | None = None
+
+    @classmethod
+    def from_meta(cls, values: Any, source: str) -> SourceOptions:
+        """The options recorded in a store's ``meta.json`` (``source``: the file, for errors)."""
+        if not isinstance(values, dict):
+            raise LakdError(f"{source}: field 'source_options' must be an object")
+        values = dict(values)
+        # stores of lakd 0.1.0 recorded the reader options here; they now live in the data spec
+        legacy = {key: values.pop(key) for key in LEGACY_OPTION_DEFAULTS if key in values}
+        changed = sorted(key for key, value in legacy.items() if value != LEGACY_OPTION_DEFAULTS[key])
+        if changed:
+            raise LakdError(
+                f"{source}: made with reader option(s) {', '.join(changed)}, which are now part of the data "
+                "spec (e.g. captions.csv?root=DIR); embed the data again"
+            )
+        unknown = sorted(set(values) - {"download", "allow_outside_root"})
+        if unknown:
+            raise LakdError(f"{source}: field 'source_options' has unknown key(s) {', '.join(unknown)}")
+        return cls(**{key: bool(value) for key, value in values.items()})
 
 
 def drop_skipped(batch: list[Item | Skipped]) -> tuple[list[Item], list[Skipped]]:

@@ -122,10 +122,7 @@ def _teacher(cfg: EvalConfig, store: EmbeddingStore, student: EvalInputs, zerosh
     elif cfg.model is not None:
         teacher_store = _model_store(cfg, cfg.teacher, cfg.data, cfg.source_options, None)
     else:
-        try:
-            options = SourceOptions(**(store.meta.get("source_options") or {}))
-        except TypeError:
-            raise LakdError(f"{store.path / 'meta.json'}: field 'source_options' is not lakd's") from None
+        options = SourceOptions.from_meta(store.meta.get("source_options") or {}, str(store.path / "meta.json"))
         teacher_store = _model_store(cfg, cfg.teacher, student.source, options, None)
     teacher = load_inputs(teacher_store, conditions=False)
     if teacher.ids != student.ids:

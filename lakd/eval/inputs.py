@@ -71,7 +71,8 @@ def store_conditions(store: EmbeddingStore, ids: list[str]) -> list[str] | None:
     source is not a probe set or cannot be opened here; it is never downloaded)."""
     meta = store.meta
     try:
-        options = dataclasses.replace(SourceOptions(**(meta.get("source_options") or {})), download=False)
+        options = SourceOptions.from_meta(meta.get("source_options") or {}, str(store.path / "meta.json"))
+        options = dataclasses.replace(options, download=False)
         source = open_source(str(meta.get("source")), options)
     except (LakdError, TypeError):
         return None

@@ -19,9 +19,10 @@ from itertools import pairwise
 from pathlib import Path
 
 from lakd.data import SourceOptions, open_source
-from lakd.data.sources import split_spec
+from lakd.data.sources import DataSpec
 from lakd.data.store import META_NAME, EmbeddingStore
 from lakd.errors import LakdError
+from lakd.models.specs import ModelSpec, accepted_forms, scheme_of
 
 CACHE_DIR = "embeddings"
 DEFAULT_DATA = "shapes:val"
@@ -53,34 +54,27 @@ def is_store(spec: str) -> bool:
 
 
 def check_model_spec(spec: str) -> None:
-    """Cheap check of a model spec, before anything is loaded: a checkpoint file must exist, a
-    ``lakd:`` config must be shipped, anything else must use a known scheme."""
-    from lakd.models import list_lakd_configs
-    from lakd.models.safe_load import READERS
-    from lakd.models.specs import SCHEMES, accepted_forms
-
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix in SCHEMES:
-        if prefix == "lakd" and rest not in list_lakd_configs():
-            raise LakdError(f"{spec}: unknown lakd config (available: {', '.join(list_lakd_configs())})")
-        return
-    path = Path(spec)
-    if path.suffix.lower() in READERS:
-        if not path.is_file():
-            raise LakdError(f"{spec}: no such checkpoint file")
-        return
-    if path.is_dir():
+    """Cheap check of a model spec, before anything is loaded (:meth:`ModelSpec.check`); a folder that
+    is neither a store nor a spec gets its own message."""
+    if Path(spec).is_dir() and scheme_of(spec) is None:
         raise LakdError(f"{spec}: a folder but not an embedding store (no {META_NAME}) nor a model spec")
-    raise LakdError(f"{spec}: neither an embedding store folder nor a model spec (use {accepted_forms()})")
+    try:
+        parsed = ModelSpec.parse(spec)
+    except LakdError:
+        raise LakdError(
+            f"{spec}: neither an embedding store folder nor a model spec (use {accepted_forms()})"
+        ) from None
+    parsed.check()
 
 
 def display_name(spec: str) -> str:
-    """Short name of an entry: a file or folder's stem, or the part after ``scheme:``."""
-    prefix, sep, rest = spec.partition(":")
-    if sep and len(prefix) > 1 and not Path(spec).exists():
-        return rest.rstrip("/").rsplit("/", 1)[-1] or spec
-    path = Path(spec)
-    return (path.stem if path.suffix and not path.is_dir() else path.name) or spec
+    """Short name of an entry: a store folder's name, else the model spec's display name."""
+    if is_store(spec):
+        return Path(spec).name or spec
+    try:
+        return ModelSpec.parse(spec).display_name
+    except LakdError:
+        return Path(spec).name or spec
 
 
 def make_inputs(
@@ -179,23 +173,16 @@ def in_source_order(ids: Sequence[str], source: Sequence[str]) -> bool:
 
 def input_paths(inputs: Sequence[ModelInput], data: str | None, options: SourceOptions) -> list[Path]:
     """Existing files and folders the report reads (stores, checkpoints and their sidecars, ``local-dir``
-    folders, the data's file or folder, its ``root=`` and ``--image-root``), resolved."""
-    import lakd.data.readers  # noqa: F401  (register the data schemes that split_spec recognises)
-    import lakd.data.shapes  # noqa: F401
-
+    folders, the data's file or folder and its ``root=``), resolved."""
     candidates = []
     for entry in inputs:
-        prefix, sep, rest = entry.spec.partition(":")
-        candidates += [Path(entry.spec), Path(f"{entry.spec}.json")]
-        if sep and prefix == "local-dir":
-            candidates.append(Path(rest))
+        if entry.kind == "embeddings":
+            candidates.append(Path(entry.spec))
+        else:
+            spec = ModelSpec.parse(entry.spec)
+            candidates += spec.files() + ([Path(spec.target)] if spec.scheme == "local-dir" else [])
     if data:
-        scheme, rest, query = split_spec(data)
-        if scheme is None:
-            candidates.append(Path(rest))
-        elif scheme == "wds":
-            candidates.append(Path(rest).parent)
-        candidates += [Path(p) for p in (query.get("root"), options.image_root) if p]
+        candidates += DataSpec.parse(data).files()
     return [path.resolve() for path in candidates if str(path) not in ("", ".") and path.exists()]
 
 

@@ -1,4 +1,4 @@
-"""Readers for real data, each registered with :mod:`lakd.data.sources` on import.
+"""Readers for real data, named in :data:`lakd.data.sources.SOURCE_KINDS` (spec forms and options there).
 
 | spec | module |
 |---|---|

@@ -2,8 +2,8 @@
 
 The JSON holds ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``).
 Every caption of an image is kept, in file order; the item id is the COCO image id (as a string).
-Images are looked up under ``options.image_root``, or, when that is not given, under the folder
-that holds the JSON file. Images without any (non-empty) caption are left out.
+Images are looked up under the spec's ``root`` option (``annotations.json?root=DIR``), or, when
+that is not given, under the folder that holds the JSON file. Images without any (non-empty) caption are left out.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Any
 
 from lakd.data.base import SourceOptions
 from lakd.data.readers.common import FileImageDataset, check_query, first_outside, image_root
-from lakd.data.sources import register_path_kind
 from lakd.errors import LakdError
 
 
-def _is_json(path: Path) -> bool:
+def is_json(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".json"
 
 
@@ -102,8 +101,7 @@ def read_coco(ann_file: str | os.PathLike, root: str | os.PathLike, options: Sou
     )
 
 
-@register_path_kind("coco", _is_json)
 def open_coco(path: str, query: dict[str, str], options: SourceOptions) -> FileImageDataset:
-    """Open a COCO captions JSON; images under ``options.image_root`` or, by default, the JSON's folder."""
-    check_query(path, query)
-    return read_coco(path, options.image_root or Path(path).parent, options, source=path)
+    """Open ``annotations.json[?root=DIR]``: images under ``root`` or, by default, the JSON's folder."""
+    check_query(path, query, ("root",))
+    return read_coco(path, query.get("root") or Path(path).parent, options, source=path)

@@ -1,9 +1,11 @@
 """CSV / TSV image-caption files in open_clip's convention.
 
-One row per (image, caption) pair: column ``options.csv_img_key`` (default ``filepath``) holds the
-image path, ``options.csv_caption_key`` (default ``title``) the caption. Rows naming the same image
-become one item with all its captions (multi-caption data such as COCO exported to CSV). Image paths
-are relative to the CSV's folder, or to ``options.image_root`` when given; paths that leave that root
+Spec: ``captions.csv?img_key=filepath&caption_key=title&sep=tab&root=DIR`` (every option may be left
+out). One row per (image, caption) pair: column ``img_key`` (default ``filepath``) holds the image
+path, ``caption_key`` (default ``title``) the caption; ``sep`` is detected (tab or comma) unless given,
+by character or by name (``tab``, ``comma``, ``semicolon``, ``pipe``, ``\t``). Rows naming the same
+image become one item with all its captions (multi-caption data such as COCO exported to CSV). Image
+paths are relative to the CSV's folder, or to ``root`` when given; paths that leave that root
 (``../``, absolute paths elsewhere) are refused unless ``options.allow_outside_root``.
 """
 
@@ -16,7 +18,6 @@ import pandas as pd
 
 from lakd.data.base import SourceOptions
 from lakd.data.readers.common import FileImageDataset, check_query, first_outside, image_root
-from lakd.data.sources import register_path_kind
 from lakd.errors import LakdError
 
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -24,7 +25,7 @@ SEPARATOR_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 SEPARATOR_ALIASES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 
-def _is_csv(path: Path) -> bool:
+def is_csv(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in CSV_SUFFIXES
 
 
@@ -57,7 +58,7 @@ def _separator_hint(columns: list[str], sep: str) -> str:
         return ""
     for other, name in SEPARATOR_NAMES.items():
         if other != sep and other in columns[0]:
-            return f"; the header looks {name}-separated, set the CSV separator (--csv-separator) accordingly"
+            return f"; the header looks {name}-separated, set the separator accordingly (sep={name})"
     return ""
 
 
@@ -76,20 +77,21 @@ def _read(path: Path, sep: str, **kwargs) -> pd.DataFrame:
         ) from None
 
 
-@register_path_kind("csv", _is_csv)
+CSV_OPTIONS = ("img_key", "caption_key", "sep", "root")
+
+
 def open_csv(path: str, query: dict[str, str], options: SourceOptions) -> FileImageDataset:
     """Open a CSV/TSV of image paths and captions (see module docstring); no images are read here.
 
-    ``options.csv_sep=None`` detects tab vs comma from the header. Item ids are the image paths as
-    written in the file; ``classnames`` is None.
+    Item ids are the image paths as written in the file; ``classnames`` is None.
     """
     csv_path = Path(path)
-    check_query(path, query)
+    check_query(path, query, CSV_OPTIONS)
     if csv_path.stat().st_size == 0:
         raise LakdError(f"{path}: empty file (no header, no rows)")
-    sep = SEPARATOR_ALIASES.get(options.csv_sep, options.csv_sep) if options.csv_sep else None
+    sep = SEPARATOR_ALIASES.get(query["sep"], query["sep"]) if query.get("sep") else None
     sep = sep or detect_separator(csv_path, _header_line(csv_path))
-    img_key, cap_key = options.csv_img_key, options.csv_caption_key
+    img_key, cap_key = query.get("img_key") or "filepath", query.get("caption_key") or "title"
 
     columns = [str(c) for c in _read(csv_path, sep, nrows=0).columns]
     missing = [key for key in (img_key, cap_key) if key not in columns]
@@ -105,7 +107,7 @@ def open_csv(path: str, query: dict[str, str], options: SourceOptions) -> FileIm
     if table.empty:
         raise LakdError(f"{path}: no usable rows (every row has an empty {img_key!r} or {cap_key!r})")
 
-    root = image_root(path, options.image_root or csv_path.parent)
+    root = image_root(path, query.get("root") or csv_path.parent)
     if not options.allow_outside_root:
         _check_inside(path, root, table[img_key])
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from lakd.data.base import SourceOptions
 from lakd.data.readers.common import FileImageDataset, check_query, class_prompt
 from lakd.data.readers.csvfile import CSV_SUFFIXES
-from lakd.data.sources import register_path_kind
 from lakd.errors import LakdError
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, kept here so that sniffing a folder needs no torchvision import
@@ -47,7 +46,6 @@ def looks_like_image_folder(path: Path) -> bool:
         return False
 
 
-@register_path_kind("image-folder", looks_like_image_folder)
 def open_image_folder(path: str, query: dict[str, str], options: SourceOptions) -> FileImageDataset:
     """Index the images under ``path`` (no image is decoded here); see the module docstring."""
     from torchvision.datasets.folder import make_dataset

@@ -31,7 +31,6 @@ from torch.utils.data import Dataset
 from lakd.data.base import Item, Skipped, SourceOptions
 from lakd.data.readers.coco import read_coco
 from lakd.data.readers.common import check_query, class_prompt
-from lakd.data.sources import register_scheme
 from lakd.errors import LakdError
 
 # Constructor arguments a spec may not set: lakd controls these.
@@ -153,7 +152,6 @@ class TorchvisionDataset(Dataset):
         )
 
 
-@register_scheme("tv")
 def open_torchvision(name: str, query: dict[str, str], options: SourceOptions):
     """Open ``tv:NAME?...`` (see module docstring); never downloads unless ``options.download``."""
     source = f"tv:{name}" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")

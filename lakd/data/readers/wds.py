@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 
 from lakd.data.base import Item, Skipped, SourceOptions
 from lakd.data.readers.common import UnreadableImage, check_query, decode_image
-from lakd.data.sources import register_scheme
 from lakd.errors import LakdError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -168,7 +167,6 @@ def _image_ext(members: dict[str, Member]) -> str | None:
     return next((ext for ext in IMAGE_EXTS if ext in members), None)
 
 
-@register_scheme("wds")
 def open_webdataset(pattern: str, query: dict[str, str], options: SourceOptions) -> WebDataset:
     """Open ``wds:PATTERN`` (no options)."""
     check_query(f"wds:{pattern}", query)

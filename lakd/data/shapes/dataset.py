@@ -15,7 +15,6 @@ from lakd.data.base import Item, SourceOptions
 from lakd.data.shapes.captions import Caption, describe_scene
 from lakd.data.shapes.probes import MIN_OBJECTS, PROBE_CONDITIONS, ProbeCaptions, sample_probe
 from lakd.data.shapes.world import MAX_OBJECTS, SHAPES, Scene, render_scene, sample_scene
-from lakd.data.sources import register_scheme
 from lakd.errors import LakdError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "probes")
@@ -167,7 +166,6 @@ SPEC_INTS = ("n", "seed", "image_size", "max_objects")
 SPEC_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-@register_scheme("shapes")
 def open_shapes(rest: str, query: dict[str, str], options: SourceOptions) -> ShapesWorld | ShapesProbes:
     """``shapes:SPLIT?n=N&seed=S&image_size=64&max_objects=3&noise=1`` (probes also ``k=3``)."""
     spec = f"shapes:{rest}" + (f"?{urllib.parse.urlencode(query)}" if query else "")

@@ -27,7 +27,6 @@ from lakd.data.readers.common import UnreadableImage, is_outside, load_image_fil
 from lakd.data.shapes.dataset import ShapesProbes, ShapesWorld
 from lakd.data.shapes.probes import PROBE_CONDITIONS
 from lakd.data.shapes.world import MAX_OBJECTS
-from lakd.data.sources import register_path_kind
 from lakd.errors import LakdError
 from lakd.io import atomic_dir
 
@@ -209,7 +208,11 @@ class ShapesFolder:
         )
 
 
-@register_path_kind("shapes-folder", lambda path: path.is_dir() and (path / MARKER).is_file())
+def is_shapes_folder(path: Path) -> bool:
+    """A folder holding the marker file that ``lakd data shapes`` writes."""
+    return path.is_dir() and (path / MARKER).is_file()
+
+
 def open_shapes_folder(path: str, query: dict[str, str], options: SourceOptions) -> ShapesFolder:
     """A folder containing ``lakd_shapes.json`` (written by ``lakd data shapes``)."""
     if query:
