@@ -99,7 +99,7 @@ def embed_tiny_vit(n: int = 1024, batch_size: int = 64) -> dict[str, Any]:
     caption of every scene embedded: about six per image), store written to a temporary folder."""
     import tempfile
 
-    from lakd.embed import EmbedConfig, embed
+    from lakd.models.embed import EmbedConfig, embed
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = EmbedConfig(

@@ -163,8 +163,8 @@ def embed(
     data_flags: DataFlags | None = None,
 ) -> None:
     """Write raw image and text embeddings of a data set to an embedding store (resumable)."""
-    from lakd.embed import EmbedConfig
-    from lakd.embed import embed as run_embed
+    from lakd.models.embed import EmbedConfig
+    from lakd.models.embed import embed as run_embed
 
     cfg = EmbedConfig(
         model=model,
@@ -334,7 +334,7 @@ def whiten_fit(
     ] = False,
 ) -> None:
     """Fit per-modality whitening statistics (float64, eigh) on an embedding store."""
-    from lakd.whiten import MODALITIES, WhitenFitConfig, fit_store_whitening
+    from lakd.data.store.whitening import MODALITIES, WhitenFitConfig, fit_store_whitening
 
     cfg = WhitenFitConfig(
         embeddings=str(embeddings),
@@ -358,12 +358,21 @@ def whiten_apply(
     ],
     out: Annotated[Path, typer.Option("--out", help="New embedding store with whitened embeddings.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows (with a count) instead of failing.")
+    ] = False,
 ) -> None:
     """Write a whitened copy of an embedding store, y = (x - mu) W per modality."""
-    from lakd.whiten import WhitenApplyConfig, apply_store_whitening
+    from lakd.data.store.whitening import WhitenApplyConfig, apply_store_whitening
 
     store = apply_store_whitening(
-        WhitenApplyConfig(embeddings=str(embeddings), stats=str(stats), out=str(out), overwrite=overwrite)
+        WhitenApplyConfig(
+            embeddings=str(embeddings),
+            stats=str(stats),
+            out=str(out),
+            overwrite=overwrite,
+            allow_nonfinite=allow_nonfinite,
+        )
     )
     typer.echo(f"wrote {store.n_items} items / {store.n_texts} captions, whitened, to {out}")
 

@@ -13,6 +13,7 @@ from scipy.stats import special_ortho_group
 import lakd.analysis as analysis
 from lakd.analysis import fit_whitening
 from lakd.data.store import ShardData, StoreSpec, StoreWriter
+from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
 from lakd.distill import (
     MODALITIES,
     NAMED_RECIPES,
@@ -26,7 +27,6 @@ from lakd.distill import (
 )
 from lakd.distill.geometry import batch_conformity, shell_statistics
 from lakd.errors import LakdError
-from lakd.whiten import WhitenFitConfig, fit_store_whitening
 
 ISSUE_LOSSES = {
     "clip",
@@ -181,7 +181,7 @@ def test_whitened_fd_is_unchanged_by_a_rotation_of_both_raw_spaces(method):
 @pytest.fixture()
 def saved_whitening(tmp_path):
     """Teacher features in a one-shard embedding store, their statistics fitted and saved by
-    ``lakd whiten fit`` (lakd.whiten) as the set ``whiten.safetensors``, and the features themselves."""
+    ``lakd whiten fit`` (lakd.data.store.whitening) as the set ``whiten.safetensors``, and the features themselves."""
     generator = torch.Generator().manual_seed(5)
     features = teacher_features(300, TEACHER_DIM, generator)
     spec = StoreSpec(model="teacher", source="synthetic", n_source_items=300, shard_size=300)

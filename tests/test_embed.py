@@ -12,13 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-import lakd.embed
+import lakd.models.embed
 from lakd.data import Item, Skipped
 from lakd.data.sources import SourceKind, register_source, unregister_source
 from lakd.data.store import META_NAME, EmbeddingStore, shard_file_name
-from lakd.embed import EmbedConfig, count_truncated, embed, embed_texts
 from lakd.errors import LakdError
 from lakd.models import load_model
+from lakd.models.embed import EmbedConfig, embed
+from lakd.models.encode import count_truncated, encode_texts
 
 N_ITEMS, SHARD_SIZE = 40, 16
 LONG_CAPTION = " ".join(["word"] * 300)
@@ -93,7 +94,7 @@ def counting(tiny, monkeypatch, tiny_world_scheme):
         return model, preprocess, tokenizer
 
     monkeypatch.setattr(model, "encode_image", counted_encode_image, raising=False)
-    monkeypatch.setattr(lakd.embed, "load_model", fake_load_model)
+    monkeypatch.setattr(lakd.models.embed, "load_model", fake_load_model)
     return counts
 
 
@@ -116,8 +117,8 @@ def test_round_trip_equals_model_outputs(tmp_path, tiny, counting):
     assert torch.allclose(store.load("image")[rows], expected, atol=1e-5)
     captions = [c for i in range(N_ITEMS) for c in world[i].captions]
     assert store.captions() == captions
-    assert torch.allclose(store.load("text"), embed_texts(model, tokenizer, captions, 64), atol=1e-5)
-    first = embed_texts(model, tokenizer, [world[i].captions[0] for i in range(N_ITEMS)], 64)
+    assert torch.allclose(store.load("text"), encode_texts(model, tokenizer, captions, 64), atol=1e-5)
+    first = encode_texts(model, tokenizer, [world[i].captions[0] for i in range(N_ITEMS)], 64)
     assert torch.allclose(store.load("text_paired"), first, atol=1e-5)
     assert store.text_item().tolist() == [i for i in range(N_ITEMS) for _ in world[i].captions]
     assert store.ids() == [f"img-{i}" for i in range(N_ITEMS)]
@@ -170,7 +171,7 @@ def test_store_of_another_model_is_refused_without_overwrite(tmp_path, counting)
 
 
 def test_skipped_images_are_counted_and_reported(tmp_path, counting, caplog):
-    with caplog.at_level(logging.WARNING, logger="lakd.embed"):
+    with caplog.at_level(logging.WARNING, logger="lakd.models.embed"):
         store = embed(config(tmp_path, data=f"embedtest:{N_ITEMS}?skip=2,5,20"))
     assert store.n_items == N_ITEMS - 3 and store.meta["n_skipped"] == 3
     assert "img-2" not in store.ids() and "img-3" in store.ids()
@@ -197,7 +198,7 @@ def test_empty_source_is_an_error(tmp_path, counting):
 
 
 def test_truncated_captions_are_counted(tmp_path, counting, caplog):
-    with caplog.at_level(logging.WARNING, logger="lakd.embed"):
+    with caplog.at_level(logging.WARNING, logger="lakd.models.embed"):
         store = embed(config(tmp_path, data=f"embedtest:{N_ITEMS}?long=1,4,30"))
     assert store.meta["n_truncated"] == 3
     assert "3 caption(s) longer than the context length (32 tokens) were truncated" in caplog.text
@@ -213,13 +214,13 @@ def test_count_truncated_boundary(tiny):
     assert count_truncated(tokenizer, []) == 0
 
 
-def test_embed_texts_batches_and_empty(tiny):
+def test_encode_texts_batches_and_empty(tiny):
     model, _, tokenizer = tiny
     texts = [f"a photo of class {i}" for i in range(11)]
-    whole = embed_texts(model, tokenizer, texts, batch_size=64)
+    whole = encode_texts(model, tokenizer, texts, batch_size=64)
     assert whole.shape == (11, 256) and whole.dtype == torch.float32
-    assert torch.allclose(embed_texts(model, tokenizer, texts, batch_size=3), whole, atol=1e-5)
-    assert embed_texts(model, tokenizer, [], batch_size=8).shape == (0, 256)
+    assert torch.allclose(encode_texts(model, tokenizer, texts, batch_size=3), whole, atol=1e-5)
+    assert encode_texts(model, tokenizer, [], batch_size=8).shape == (0, 256)
 
 
 def test_float16_store_and_workers_match(tmp_path, counting):

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import lakd.eval.cache
+import lakd.eval.zeroshot
+import lakd.models.embed
 from lakd.cli import main
-from lakd.embed import EmbedConfig, embed
 from lakd.errors import LakdError
 from lakd.eval import DEFAULT_TEMPLATES, EvalConfig, evaluate
 from lakd.models import load_model, save_checkpoint
+from lakd.models.embed import EmbedConfig, embed
 
 VAL = "shapes:val?n=12"
 PROBES = "shapes:probes?n=8"
@@ -37,8 +38,8 @@ def forbid_embedding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("embedded again instead of using the cache")
 
-    monkeypatch.setattr(lakd.eval.cache, "embed", refuse)
-    monkeypatch.setattr(lakd.eval.cache, "load_model", refuse)
+    monkeypatch.setattr(lakd.models.embed, "embed", refuse)
+    monkeypatch.setattr(lakd.eval.zeroshot, "load_model", refuse)
 
 
 def test_all_tasks_on_shapes_val(val_run):
@@ -84,7 +85,7 @@ def test_new_templates_re_embed_only_the_class_prompts(val_run, tmp_path, monkey
     shutil.copytree(Path(cfg.out).parent / "eval-cache", cache)  # leave the shared cache as it is
     templates = tmp_path / "templates.txt"
     templates.write_text("a {c}\na picture of a {c}\n")
-    monkeypatch.setattr(lakd.eval.cache, "embed", lambda *a, **k: pytest.fail("images embedded again"))
+    monkeypatch.setattr(lakd.models.embed, "embed", lambda *a, **k: pytest.fail("images embedded again"))
     records = evaluate(
         EvalConfig(
             model=cfg.model,
@@ -200,8 +201,8 @@ def test_changed_checkpoint_is_embedded_again(tmp_path, monkeypatch):
     cfg = EvalConfig(model=str(ckpt), data="shapes:val?n=4", out=str(tmp_path / "r.json"), task="retrieval")
     evaluate(cfg)
     calls = []
-    real_embed = lakd.eval.cache.embed
-    monkeypatch.setattr(lakd.eval.cache, "embed", lambda c: calls.append(c) or real_embed(c))
+    real_embed = lakd.models.embed.embed
+    monkeypatch.setattr(lakd.models.embed, "embed", lambda c: calls.append(c) or real_embed(c))
     evaluate(cfg)
     assert calls == []
     stat = ckpt.stat()

@@ -20,9 +20,10 @@ from lakd.data.store import (
     EmbeddingStore,
     read_class_prompts,
     write_class_prompts,
+    write_store,
 )
 from lakd.errors import LakdError
-from lakd.eval import EvalConfig, evaluate, write_embeddings
+from lakd.eval import EvalConfig, evaluate
 from lakd.eval.results import model_names, read_results, results_table, write_results, write_table
 from lakd.eval.templates import DEFAULT_TEMPLATES, load_templates, template_problem
 
@@ -33,7 +34,7 @@ CIFAR = SHARED / "realdata" / "cifar10_openclip_b32"
 def small_store(path: Path, *, with_prompts: bool = True) -> EmbeddingStore:
     """Four labelled images of three classes, two captions each, in 4-d."""
     eye = torch.eye(4)
-    return write_embeddings(
+    return write_store(
         path,
         eye[[0, 1, 2, 0]] * 2.0,
         model="test:model",
@@ -82,13 +83,13 @@ def test_class_prompt_file_errors(tmp_path):
         write_class_prompts(tmp_path / "store", ClassPrompts(torch.zeros(2, 1, 4), ["a"], ["{c}"]))
 
 
-def test_write_embeddings_bad_input(tmp_path):
+def test_write_store_bad_input(tmp_path):
     with pytest.raises(LakdError, match="class_prompts need templates"):
-        write_embeddings(
+        write_store(
             tmp_path / "s", torch.eye(3), model="m", source="d", class_prompts=torch.zeros(3, 1, 3)
         )
     with pytest.raises(LakdError, match="for 3 classes x 1 templates"):
-        write_embeddings(
+        write_store(
             tmp_path / "p",
             torch.eye(3),
             model="m",
@@ -99,7 +100,7 @@ def test_write_embeddings_bad_input(tmp_path):
             templates=["{c}"],
         )
     with pytest.raises(LakdError, match="captions"):
-        write_embeddings(
+        write_store(
             tmp_path / "t",
             torch.eye(3),
             model="m",
@@ -122,7 +123,7 @@ def test_real_cifar10_store_reproduces_zero_shot_top1(tmp_path):
     meta = json.loads((CIFAR / "class_names.json").read_text())
     template = meta["text_template"].replace("{label}", "{c}")
     store = tmp_path / "cifar10_b32"
-    write_embeddings(
+    write_store(
         store,
         torch.from_numpy(arrays["vision_emb"]),
         model="open_clip:ViT-B-32@laion2b_s34b_b79k",

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import lakd.analysis.report.build as build
-import lakd.eval.cache
+import lakd.models.embed
 from lakd.analysis import AnalysisConfig, GeometryResult, analyze
 from lakd.analysis.report import ReportConfig, geometry_report, report_summary
 from lakd.analysis.report.figures import DRAW, SIMILARITY_PANELS, bar_limits, pixel_size, save_figure
@@ -25,9 +25,8 @@ from lakd.analysis.report.inputs import REPORT_FORMAT, ModelInput
 from lakd.analysis.report.table import legend_text, summary_rows, verdict
 from lakd.analysis.report.views import FIGURES, ReportData, spectrum_values
 from lakd.cli import main
-from lakd.data.store import EmbeddingStore
+from lakd.data.store import EmbeddingStore, write_store
 from lakd.errors import LakdError
-from lakd.eval.inputs import write_embeddings
 
 N = 80
 EVIL = '<script>window.__pwned = 1</script> & <b>"bold"</b>'
@@ -43,7 +42,7 @@ def synthetic_store(path: Path, dim: int, seed: int, n: int = N, prefix: str = "
     captions = [
         c for i in range(n) for c in ((EVIL if i == 0 else f"first caption {i}"), f"second caption {i}")
     ]
-    return write_embeddings(
+    return write_store(
         path,
         torch.tensor(image, dtype=torch.float32),
         model=f"synthetic-{dim}",
@@ -424,8 +423,8 @@ def no_work(monkeypatch):
         raise AssertionError("embedding or analysis started before the input was checked")
 
     monkeypatch.setattr(build, "analyze", refuse)
-    monkeypatch.setattr(lakd.eval.cache, "cached_store", refuse)
-    monkeypatch.setattr(lakd.eval.cache, "embed", refuse)
+    monkeypatch.setattr(lakd.models.embed, "cached_embed", refuse)
+    monkeypatch.setattr(lakd.models.embed, "embed", refuse)
 
 
 @pytest.mark.parametrize(
@@ -555,10 +554,10 @@ def test_failure_midway_leaves_nothing(stores, tmp_path, monkeypatch):
 
 def test_analysis_error_names_the_model_and_its_store(tmp_path, capsys):
     from lakd.cli import main
-    from lakd.eval import write_embeddings
+    from lakd.data.store import write_store
 
     store = tmp_path / "tiny"
-    write_embeddings(
+    write_store(
         store,
         torch.randn(2, 4),
         model="m",

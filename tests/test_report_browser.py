@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lakd.analysis.report import ReportConfig, geometry_report
-from lakd.eval.inputs import write_embeddings
+from lakd.data.store import write_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -66,7 +66,7 @@ def _store(path: Path, dim: int, seed: int, n: int = 60):
     image = shared @ mix + 2.0 + 0.1 * rng.normal(size=(n, dim))
     text = shared @ mix - 1.0 + 0.3 * rng.normal(size=(n, dim))
     captions = [EVIL if i == 0 else f"caption {i} & more" for i in range(n)]
-    return write_embeddings(
+    return write_store(
         path,
         torch.tensor(image, dtype=torch.float32),
         model=f"synthetic-{dim}",

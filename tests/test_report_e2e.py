@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import lakd.eval.cache
+import lakd.models.embed
 from lakd.cli import main
 from lakd.models import load_model, save_checkpoint
 
@@ -54,7 +54,7 @@ def test_teacher_vs_student_from_checkpoints_then_one_model_from_the_cache(
     def refuse(*args, **kwargs):
         raise AssertionError("embedded again instead of using the cache")
 
-    monkeypatch.setattr(lakd.eval.cache, "embed", refuse)
+    monkeypatch.setattr(lakd.models.embed, "embed", refuse)
     one = ["geometry", "report", "--model", teacher, "--data", DATA, "--out", str(out), "--tsne-items", "12"]
     assert main(one) == 1
     assert "--overwrite" in capsys.readouterr().err

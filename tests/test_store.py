@@ -17,10 +17,8 @@ from lakd.data.store import (
     StoreWriter,
     read_shard_header,
     shard_file_name,
-    shard_ranges,
-    shards_for_rank,
-    write_shard,
 )
+from lakd.data.store.format import shard_ranges, shards_for_rank, write_shard
 from lakd.errors import LakdError
 
 D_IMAGE, D_TEXT = 8, 6
@@ -375,3 +373,61 @@ def test_paired_captions_follow_image_rows(store_path):
     assert len(paired) == store.n_items
     for row, caption in enumerate(paired):
         assert caption == captions[text_item.index(row)]
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_shards_rebuild_the_store_row_for_row(tmp_path, nonfinite):
+    torch.manual_seed(0)
+    kw = {"nan_images": (20,), "nan_texts": [(7, 1)]} if nonfinite else {}
+    build_store(tmp_path / "s", skip=(3,), **kw)
+    store = EmbeddingStore(tmp_path / "s", allow_nonfinite=nonfinite)
+    shards = list(store.shards())
+    assert [s.range for s in shards] == [(0, 16), (16, 32), (32, 40)]
+    assert torch.equal(torch.cat([s.image for s in shards]), store.load("image"))
+    assert torch.equal(torch.cat([s.text for s in shards]), store.load("text"))
+    assert sum((s.ids for s in shards), []) == store.ids()
+    assert sum((s.captions for s in shards), []) == store.captions()
+    assert torch.equal(torch.cat([s.labels for s in shards]), store.labels())
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(s.ids) for s in shards]), 0)[:-1].tolist()])
+    global_rows = torch.cat([s.text_item + offset for s, offset in zip(shards, offsets, strict=True)])
+    assert torch.equal(global_rows, store.text_item())
+    # a writer given the shards back writes an equal store
+    copy = StoreWriter(tmp_path / "copy", make_spec())
+    for shard in shards:
+        copy.write(copy.ranges.index(shard.range), shard)
+    copy.finish()
+    again = EmbeddingStore(tmp_path / "copy")
+    assert again.ids() == store.ids() and torch.equal(again.load("text"), store.load("text"))
+
+
+def test_row_metadata_is_cached_and_returned_as_copies(store_path, monkeypatch):
+    store = EmbeddingStore(store_path)
+    ids = store.ids()
+    store.captions()
+    ids.append("mine")
+    import lakd.data.store.reader as reader
+
+    monkeypatch.setattr(reader, "read_json_list", lambda *a: pytest.fail("read twice"))
+    assert store.ids() == ids[:-1] and len(store.captions()) == store.n_texts
+    labels = store.labels()
+    labels[0] = 99
+    assert int(store.labels()[0]) != 99
+
+
+def test_write_store_from_arrays(tmp_path):
+    from lakd.data.store import write_store
+
+    image, text = torch.randn(3, 4), torch.randn(4, 4)
+    store = write_store(
+        tmp_path / "w",
+        image,
+        model="external",
+        source="mine",
+        text=text,
+        text_item=torch.tensor([0, 0, 1, 2]),
+        captions=["a", "b", "c", "d"],
+        labels=torch.tensor([0, 1, 0]),
+        classnames=["x", "y"],
+    )
+    assert store.ids() == ["0", "1", "2"] and store.paired_captions() == ["a", "c", "d"]
+    assert torch.equal(store.load("image"), image) and torch.equal(store.load("text"), text)

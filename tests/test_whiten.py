@@ -18,8 +18,7 @@ from lakd.data.store import (
     StoreWriter,
     write_class_prompts,
 )
-from lakd.errors import LakdError
-from lakd.whiten import (
+from lakd.data.store.whitening import (
     WhitenApplyConfig,
     WhitenFitConfig,
     apply_store_whitening,
@@ -27,6 +26,7 @@ from lakd.whiten import (
     load_stats_set,
     stats_path,
 )
+from lakd.errors import LakdError
 
 N, SHARD, D_IMAGE, D_TEXT = 600, 250, 12, 8
 
@@ -186,5 +186,32 @@ def test_apply_refuses_nonfinite_rows(store, tmp_path):
     tensors = load_file(str(shard))
     tensors["text"][3, 0] = float("nan")
     save_file(tensors, str(shard), metadata=metadata)
-    with pytest.raises(LakdError, match=r"shard-00001.safetensors: 1 text row\(s\) contain NaN/Inf"):
+    with pytest.raises(
+        LakdError, match=r"shard-00001.safetensors: 1 of 500 text rows contain NaN/Inf; rerun with --allow-nonfinite"
+    ):
         apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(tmp_path / "white")))
+    assert not (tmp_path / "white").exists()
+    # --allow-nonfinite drops that caption (and nothing else) and whitens the rest
+    white = apply_store_whitening(
+        WhitenApplyConfig(str(path), str(w), str(tmp_path / "white"), allow_nonfinite=True)
+    )
+    source = EmbeddingStore(path, allow_nonfinite=True)
+    assert (white.n_items, white.n_texts) == (source.n_items, source.n_texts)
+    assert source.n_dropped_texts == 1 and white.captions() == source.captions()
+    assert torch.isfinite(white.load("text")).all()
+
+
+def test_apply_overwrite_replaces_only_a_store(store, tmp_path):
+    path, *_ = store
+    w = tmp_path / "w.safetensors"
+    fit_store_whitening(WhitenFitConfig(str(path), str(w)))
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "meta.json").write_text('{"mine": true}')
+    with pytest.raises(LakdError, match="not a lakd embedding store.*not replacing it, even with --overwrite"):
+        apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(users), overwrite=True))
+    assert (users / "meta.json").read_text() == '{"mine": true}'
+    out = tmp_path / "white"
+    apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(out)))
+    again = apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(out), overwrite=True))
+    assert again.n_items == EmbeddingStore(path).n_items

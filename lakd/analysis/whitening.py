@@ -197,6 +197,28 @@ class WhiteningStats:
         )
 
 
+MODALITIES = ("image", "text")
+
+
+def stats_path(out: str | Path, modality: str) -> Path:
+    """``whiten.safetensors`` -> ``whiten.<modality>.safetensors``: the file of one modality of the
+    set named ``out`` (one :class:`WhiteningStats` per modality)."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise LakdError(f"{out}: whitening statistics are named NAME.safetensors")
+    return out.with_name(f"{out.stem}.{modality}.safetensors")
+
+
+def save_stats_set(out: str | Path, stats: dict[str, WhiteningStats]) -> dict[str, Path]:
+    """Save one file per modality under the set name ``out``; returns ``{modality: file}``."""
+    return {modality: fitted.save(stats_path(out, modality)) for modality, fitted in stats.items()}
+
+
+def load_stats_set(out: str | Path, modalities: tuple[str, ...] = MODALITIES) -> dict[str, WhiteningStats]:
+    """The statistics saved under the set name ``out`` (by :func:`save_stats_set`, ``lakd whiten fit``)."""
+    return {modality: WhiteningStats.load(stats_path(out, modality)) for modality in modalities}
+
+
 def sidecar_path(path: Path) -> Path:
     """``whiten.safetensors`` -> ``whiten.json``."""
     return path.with_suffix(".json")

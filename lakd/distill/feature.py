@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from lakd import distributed
-from lakd.analysis.whitening import WhiteningStats, whiten
+from lakd.analysis.whitening import WhiteningStats, load_stats_set, stats_path, whiten
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.masking import FALLBACKS, encode_masked_images, mask_seed
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
 from lakd.errors import LakdError
-from lakd.whiten import load_stats_set, stats_path
 
 
 def per_item_squared_distance(a_hat: torch.Tensor, b_hat: torch.Tensor) -> torch.Tensor:
@@ -64,7 +63,7 @@ class WhitenedFeatureDistillation(DistillLoss):
 
     ``stats``: the name of a saved set, as given to ``lakd whiten fit --out`` (e.g.
     ``emb/whiten.safetensors`` for ``emb/whiten.image.safetensors`` and
-    ``emb/whiten.text.safetensors``), read once here by :func:`lakd.whiten.load_stats_set`.
+    ``emb/whiten.text.safetensors``), read once here by :func:`lakd.analysis.whitening.load_stats_set`.
     Without it the statistics come from ``batch.whitening["image"]`` / ``["text"]``; with it,
     the loss's own statistics are used and ``batch.whitening`` is ignored.
     """

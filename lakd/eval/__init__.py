@@ -2,7 +2,7 @@
 in clip_benchmark's format (``lakd eval``)."""
 
 from lakd.eval.evaluate import EvalConfig, evaluate
-from lakd.eval.inputs import EvalInputs, load_inputs, write_embeddings
+from lakd.eval.inputs import EvalInputs, load_inputs
 from lakd.eval.probes import probe_choices, probe_conditions, probe_metrics
 from lakd.eval.results import read_results, results_table, write_results, write_table
 from lakd.eval.retrieval import retrieval_metrics, retrieval_ranks
@@ -27,7 +27,6 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "select_tasks",
-    "write_embeddings",
     "write_results",
     "write_table",
     "zeroshot_classifier",

@@ -1,7 +1,7 @@
 """``lakd eval``: zero-shot classification, retrieval and compositional probes of one model.
 
 The model is read either as embeddings (``embeddings``: a store written by ``lakd embed`` or
-:func:`~lakd.eval.inputs.write_embeddings`, with class prompts beside it) or as a model spec run
+:func:`~lakd.data.store.write_store`, with class prompts beside it) or as a model spec run
 over ``data``; a model's embeddings go to a cache store beside ``out`` (``eval-cache/``) and are
 reused by every task and by later runs. Results are written in clip_benchmark's format
 (:mod:`lakd.eval.results`).
@@ -15,11 +15,12 @@ from pathlib import Path
 from lakd.data import SourceOptions
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
-from lakd.eval.cache import cached_store, ensure_class_prompts
 from lakd.eval.inputs import EvalInputs, load_inputs
 from lakd.eval.results import result_record, write_results
 from lakd.eval.tasks import select_tasks, task_by_name
 from lakd.eval.templates import DEFAULT_TEMPLATES, load_templates
+from lakd.eval.zeroshot import ensure_class_prompts
+from lakd.models.embed import cached_embed
 
 CACHE_DIR_NAME = "eval-cache"
 
@@ -74,7 +75,7 @@ def _cache_root(cfg: EvalConfig) -> Path:
 
 
 def _model_store(cfg: EvalConfig, spec: str, data: str, options: SourceOptions, arch: str | None):
-    return cached_store(
+    return cached_embed(
         spec,
         data,
         _cache_root(cfg),

@@ -2,14 +2,13 @@
 
 :class:`EvalInputs` gathers the store's raw image and caption embeddings, labels, class names,
 class-prompt embeddings (``classes.safetensors``) and, for probe sets, each item's probe
-condition. :func:`write_embeddings` builds such a store from arrays computed elsewhere (a model
-lakd cannot load), so ``lakd eval --embeddings DIR`` can evaluate it.
+condition. :func:`lakd.data.store.write_store` builds such a store from arrays computed elsewhere
+(a model lakd cannot load), so ``lakd eval --embeddings DIR`` can evaluate it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +16,8 @@ import torch
 
 from lakd.data import SourceOptions, open_source
 from lakd.data.store import (
-    CLASSES_NAME,
     ClassPrompts,
     EmbeddingStore,
-    ShardData,
-    StoreSpec,
-    StoreWriter,
-    write_class_prompts,
 )
 from lakd.errors import LakdError
 from lakd.eval.probes import probe_conditions
@@ -110,49 +104,3 @@ def load_inputs(store: EmbeddingStore, *, conditions: bool = True) -> EvalInputs
         class_prompts=store.class_prompts(),
         conditions=store_conditions(store, ids) if conditions else None,
     )
-
-
-def write_embeddings(
-    path: str | os.PathLike,
-    image: torch.Tensor,
-    *,
-    model: str,
-    source: str,
-    labels: torch.Tensor | None = None,
-    classnames: list[str] | None = None,
-    class_prompts: torch.Tensor | None = None,
-    templates: list[str] | None = None,
-    text: torch.Tensor | None = None,
-    text_item: torch.Tensor | None = None,
-    captions: list[str] | None = None,
-    ids: list[str] | None = None,
-    overwrite: bool = False,
-) -> EmbeddingStore:
-    """Write embeddings computed elsewhere as a one-shard store that ``lakd eval --embeddings`` reads.
-
-    ``image`` [N, d]; ``labels`` [N] int64 (-1 = none) with ``classnames``; ``class_prompts``
-    [C, T, d] raw prompt embeddings of ``templates`` (``{c}`` patterns) for each class; ``text``
-    [M, d] with ``text_item`` [M] and ``captions`` (M) for retrieval; ``ids`` default to
-    ``"0".."N-1"``. ``model`` and ``source`` name what the embeddings came from.
-    """
-    n, width = image.shape
-    text = torch.empty(0, width) if text is None else text
-    text_item = torch.empty(0, dtype=torch.int64) if text_item is None else text_item
-    captions = [] if captions is None else list(captions)
-    ids = [str(i) for i in range(n)] if ids is None else list(ids)
-    if (class_prompts is None) != (templates is None) or (class_prompts is not None and classnames is None):
-        raise LakdError("write_embeddings: class_prompts need templates and classnames")
-    spec = StoreSpec(model=model, source=source, n_source_items=n, shard_size=max(n, 1))
-    writer = StoreWriter(path, spec, overwrite=overwrite, extra={"classnames": classnames, "options": {}})
-    (Path(path) / CLASSES_NAME).unlink(missing_ok=True)
-    try:
-        writer.write(0, ShardData(image, text, text_item, ids, captions, labels=labels))
-    except ValueError as err:
-        raise LakdError(f"{path}: {err}") from None
-    writer.finish()
-    if class_prompts is not None:
-        try:
-            write_class_prompts(path, ClassPrompts(class_prompts, list(classnames), list(templates), model))
-        except ValueError as err:
-            raise LakdError(f"{path}: {err}") from None
-    return EmbeddingStore(path)

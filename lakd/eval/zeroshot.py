@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 
-from lakd.embed import embed_texts
+from lakd.data.store import ClassPrompts, EmbeddingStore, write_class_prompts
 from lakd.errors import LakdError
 from lakd.eval.templates import class_prompts_text
 from lakd.eval.ties import pessimistic_rank, unique_top1
+from lakd.models.encode import encode_texts
+from lakd.models.factory import load_model
 
 TOP_K = 5
 
@@ -34,8 +36,37 @@ def embed_class_prompts(
 ) -> torch.Tensor:
     """Raw prompt embeddings [C, T, d] of ``templates[t].format(c=classnames[c])`` (float32, CPU)."""
     texts = class_prompts_text(classnames, templates)
-    flat = embed_texts(model, tokenizer, texts, batch_size=batch_size, device=device)
+    flat = encode_texts(model, tokenizer, texts, batch_size=batch_size, device=device)
     return flat.reshape(len(classnames), len(templates), -1)
+
+
+def ensure_class_prompts(
+    store: EmbeddingStore,
+    templates: list[str],
+    model: str,
+    *,
+    arch: str | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> ClassPrompts:
+    """The store's class prompts for ``templates``, embedded with ``model`` and written beside the store
+    unless ones with the same class names and templates are already there."""
+    classnames = store.meta.get("classnames")
+    if not classnames:
+        raise LakdError(f"{store.path}: the data has no class names, so there are no class prompts")
+    try:
+        prompts = store.class_prompts()
+    except LakdError:
+        prompts = None  # a damaged cache file is rebuilt below
+    if prompts is not None and prompts.classnames == classnames and prompts.templates == list(templates):
+        return prompts
+    net, _, tokenizer = load_model(model, device=device, arch=arch)
+    embeddings = embed_class_prompts(
+        net, tokenizer, classnames, list(templates), batch_size=batch_size, device=device
+    )
+    prompts = ClassPrompts(embeddings, list(classnames), list(templates), model)
+    write_class_prompts(store.path, prompts)
+    return prompts
 
 
 def zeroshot_classifier(prompts: torch.Tensor) -> torch.Tensor:

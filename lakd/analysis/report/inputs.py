@@ -3,7 +3,7 @@
 Every entry of a report is one string: an embedding-store folder (written by ``lakd embed``) or a
 model spec (:func:`lakd.models.load_model`). :func:`resolve_inputs` checks all of them, the data
 source and the item counts cheaply, before any model runs; :func:`open_stores` then embeds the
-models (through :func:`lakd.eval.cache.cached_store`, under the report's ``embeddings/`` folder)
+models (through :func:`lakd.models.embed.cached_embed`, under the report's ``embeddings/`` folder)
 and checks that every store holds the same items in the same order.
 """
 
@@ -233,8 +233,9 @@ def reuse_cache(
 ) -> None:
     """Carry the models' embeddings cached by a previous report (``previous``: its cache folder) into
     ``target`` (hard links where the file system allows, copies otherwise), so ``--overwrite`` does not
-    embed again; :func:`lakd.eval.cache.cached_store` still checks that each is up to date."""
-    from lakd.eval.cache import cache_folder_name
+    embed again; :func:`lakd.models.embed.cached_embed` still checks that each is up to date."""
+    from lakd.data.cache import cache_folder_name
+    from lakd.models.embed import embedding_cache_key
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -243,7 +244,7 @@ def reuse_cache(
             shutil.copy2(src, dst)
 
     for entry in inputs:
-        name = cache_folder_name(entry.spec, data, None, options) if entry.kind == "model" else None
+        name = cache_folder_name(embedding_cache_key(entry.spec, data, None, options)) if entry.kind == "model" else None
         if name and (previous / name).is_dir():
             shutil.copytree(previous / name, target / name, copy_function=link_or_copy, dirs_exist_ok=True)
 
@@ -265,9 +266,9 @@ def open_stores(
         if entry.kind == "embeddings":
             opened[entry.name] = stores[entry.name]
         else:
-            from lakd.eval.cache import cached_store  # imports open_clip: only when a model runs
+            from lakd.models.embed import cached_embed  # imports open_clip: only when a model runs
 
-            opened[entry.name] = cached_store(
+            opened[entry.name] = cached_embed(
                 entry.spec, data, cache_root, source_options=options, batch_size=batch_size, device=device
             )
     reference_name, reference = next(iter(opened.items()))

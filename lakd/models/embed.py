@@ -1,29 +1,35 @@
-"""``lakd embed``: run a CLIP model over a data source and write an embedding store.
+"""Embed a data source with a CLIP model into an embedding store (``lakd embed``).
 
-Images and captions go through the model's two towers in batches (raw pooled embeddings,
-``normalize=False``); the result is the shard format of :mod:`lakd.data.store`. Decoding,
+Images and captions go through the model's two towers in batches (:mod:`lakd.models.encode`; raw
+pooled embeddings, ``normalize=False``); the result is the shard format of :mod:`lakd.data.store`. Decoding,
 preprocessing and tokenisation happen in DataLoader workers; unreadable images are dropped and
 counted; captions longer than the tokenizer's context are truncated (by the tokenizer) and
 counted. Reruns resume: finished shards are kept. Under torchrun each rank embeds the shards
-``index % world == rank`` and rank 0 writes ``meta.json`` at the end.
+``index % world == rank`` and rank 0 writes ``meta.json`` at the end. :func:`cached_embed` keeps
+one store per model and data in a cache folder (:mod:`lakd.data.cache`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lakd import distributed
-from lakd.data import Item, Skipped, SourceOptions, describe_skipped, drop_skipped, open_source
+from lakd.data import Skipped, SourceOptions, describe_skipped, open_source
+from lakd.data.cache import cache_folder_name, cached_store
 from lakd.data.store import EmbeddingStore, ShardData, StoreSpec, StoreWriter
 from lakd.errors import LakdError
-from lakd.models import load_model
+from lakd.models.encode import Batch, Collate, IndexedSource, encode_batch, probe_dims
+from lakd.models.factory import load_model
+from lakd.models.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,87 +50,6 @@ class EmbedConfig:
     overwrite: bool = False
     arch: str | None = None
     source_options: SourceOptions = field(default_factory=SourceOptions)
-
-
-def count_truncated(tokenizer, texts: list[str]) -> int:
-    """How many ``texts`` are longer than ``tokenizer.context_length`` tokens (so get truncated).
-
-    Tokenises with one extra position and counts rows that reach it (not padding).
-    """
-    if not texts:
-        return 0
-    longer = tokenizer(texts, context_length=tokenizer.context_length + 1)
-    pad_id = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None) or 0
-    return int((longer[:, -1] != pad_id).sum())
-
-
-@torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], batch_size: int = 256, device="cpu") -> torch.Tensor:
-    """Raw text embeddings [len(texts), d] float32 on CPU (e.g. class prompts).
-
-    Uses ``torch.no_grad`` rather than inference mode, so the result can enter autograd later
-    (a frozen zero-shot head during training).
-    """
-    if not texts:
-        return embed_texts(model, tokenizer, [""], batch_size, device)[:0]
-    parts = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[start : start + batch_size]).to(device)
-        parts.append(model.encode_text(tokens, normalize=False).float().cpu())
-    return torch.cat(parts)
-
-
-@dataclass
-class Batch:
-    """A collated batch: ``images`` [b, 3, H, W] of the usable items and ``tokens`` [m, L] of
-    all their captions; ``text_item`` [m] gives each caption's row among the ``b`` items."""
-
-    indices: list[int]
-    images: torch.Tensor | None
-    tokens: torch.Tensor | None
-    text_item: list[int]
-    ids: list[str]
-    captions: list[str]
-    labels: list[int | None]
-    skipped: list[Skipped]
-    n_truncated: int
-
-
-class IndexedSource(Dataset):
-    """``source[i]`` as ``(i, item)`` so a batch knows which shard it belongs to."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple[int, Item | Skipped]:
-        return index, self.source[index]
-
-
-class Collate:
-    """Turns ``[(index, Item | Skipped), ...]`` into a :class:`Batch` (runs in DataLoader workers)."""
-
-    def __init__(self, preprocess, tokenizer):
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: list[tuple[int, Item | Skipped]]) -> Batch:
-        items, skipped = drop_skipped([entry for _, entry in batch])
-        captions = [caption for item in items for caption in item.captions]
-        text_item = [row for row, item in enumerate(items) for _ in item.captions]
-        return Batch(
-            indices=[index for index, _ in batch],
-            images=torch.stack([self.preprocess(item.image) for item in items]) if items else None,
-            tokens=self.tokenizer(captions) if captions else None,
-            text_item=text_item,
-            ids=[item.id for item in items],
-            captions=captions,
-            labels=[item.label for item in items],
-            skipped=skipped,
-            n_truncated=count_truncated(self.tokenizer, captions),
-        )
 
 
 class ShardBuffer:
@@ -166,16 +91,6 @@ class ShardBuffer:
             n_skipped=self.n_skipped,
             n_truncated=self.n_truncated,
         )
-
-
-def probe_dims(model, preprocess, tokenizer, device) -> dict[str, int]:
-    """Output widths of both towers, from one blank image and one empty caption."""
-    with torch.inference_mode():
-        image = preprocess(Image.new("RGB", (64, 64))).unsqueeze(0).to(device)
-        return {
-            "image": model.encode_image(image, normalize=False).shape[-1],
-            "text": model.encode_text(tokenizer([""]).to(device), normalize=False).shape[-1],
-        }
 
 
 def embed(cfg: EmbedConfig) -> EmbeddingStore:
@@ -249,13 +164,7 @@ def _embed_shards(
                 writer.write(current, buffer.to_shard(widths))
                 buffer = ShardBuffer()
             current = index
-            image_emb = text_emb = None
-            if batch.images is not None:
-                image_emb = model.encode_image(batch.images.to(device, non_blocking=True), normalize=False)
-                image_emb = image_emb.float().cpu()
-            if batch.tokens is not None:
-                text_emb = model.encode_text(batch.tokens.to(device, non_blocking=True), normalize=False)
-                text_emb = text_emb.float().cpu()
+            image_emb, text_emb = encode_batch(model, batch, device)
             buffer.add(batch, image_emb, text_emb)
             skipped += batch.skipped
             n_truncated += batch.n_truncated
@@ -271,3 +180,44 @@ def _embed_shards(
             n_truncated,
             tokenizer.context_length,
         )
+
+
+def embedding_cache_key(
+    model: str, data: str, arch: str | None = None, source_options: SourceOptions | None = None
+) -> dict[str, Any]:
+    """What names a cached store of ``model`` on ``data`` (its folder, :func:`cache_folder_name`)."""
+    return {"model": model, "arch": arch, "data": data, "source_options": asdict(source_options or SourceOptions())}
+
+
+def cached_embed(
+    model: str,
+    data: str,
+    cache_root: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    source_options: SourceOptions | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> EmbeddingStore:
+    """The store of ``model`` on ``data`` under ``cache_root``: reused when complete and made from the
+    same model files (size and modification time), resumed when interrupted, rebuilt otherwise."""
+    key = embedding_cache_key(model, data, arch, source_options)
+    files = ModelSpec.parse(model).files()
+    identity = {**key, "model_files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+    def build(overwrite: bool) -> EmbeddingStore:
+        return embed(
+            EmbedConfig(
+                model=model,
+                data=data,
+                out=str(folder),
+                batch_size=batch_size,
+                device=device,
+                arch=arch,
+                overwrite=overwrite,
+                source_options=source_options or SourceOptions(),
+            )
+        )
+
+    folder = Path(cache_root) / cache_folder_name(key)
+    return cached_store(folder, identity, build)

@@ -1,11 +1,12 @@
-"""``lakd whiten fit`` / ``lakd whiten apply``: whitening statistics of an embedding store.
+"""Whitening statistics of an embedding store (``lakd whiten fit``) and a whitened copy of a store
+(``lakd whiten apply``).
 
 ``fit`` streams each modality of a store once (float64 moments, ``eigh``; see
 :mod:`lakd.analysis.whitening`) and saves one :class:`~lakd.analysis.whitening.WhiteningStats`
 per modality. ``--out emb/whiten.safetensors`` names the set: the files are
 ``emb/whiten.image.safetensors`` and ``emb/whiten.text.safetensors`` (each with its JSON
-sidecar), found again from the same name by ``apply`` and by the whitened-FD loss (its
-``stats`` option, e.g. ``{"whitened_fd": {"stats": "emb/whiten.safetensors"}}`` in a recipe).
+sidecar; :func:`lakd.analysis.whitening.stats_path`), found again from the same name by
+``apply`` and by the whitened-FD loss (its ``stats`` option, e.g. ``{"whitened_fd": {"stats": "emb/whiten.safetensors"}}`` in a recipe).
 Text statistics are fitted on every caption of the store.
 
 ``apply`` writes a new store with the same items, captions, labels and shard layout whose
@@ -15,35 +16,28 @@ class prompts stored beside the source store are whitened with the text statisti
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
-from lakd.analysis.whitening import WhiteningStats, fit_whitening, whiten
-from lakd.data.store import (
+from lakd.analysis.whitening import (
+    MODALITIES,
+    fit_whitening,
+    load_stats_set,
+    save_stats_set,
+    stats_path,
+    whiten,
+)
+from lakd.data.store.format import (
     ClassPrompts,
-    EmbeddingStore,
-    ShardData,
     StoreSpec,
-    StoreWriter,
+    check_replaceable,
     read_class_prompts,
-    read_shard_header,
     write_class_prompts,
 )
+from lakd.data.store.reader import EmbeddingStore
+from lakd.data.store.writer import StoreWriter
 from lakd.errors import LakdError
-
-MODALITIES = ("image", "text")
-
-
-def stats_path(out: str | Path, modality: str) -> Path:
-    """``whiten.safetensors`` -> ``whiten.<modality>.safetensors`` (the file of one modality)."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise LakdError(f"{out}: whitening statistics are named NAME.safetensors")
-    return out.with_name(f"{out.stem}.{modality}.safetensors")
+from lakd.io import atomic_dir
 
 
 def _check_modalities(modalities: tuple[str, ...]) -> None:
@@ -72,7 +66,7 @@ class WhitenFitConfig:
 def fit_store_whitening(cfg: WhitenFitConfig) -> dict[str, Path]:
     """Fit and save the statistics of each modality; returns ``{modality: file}``."""
     _check_modalities(cfg.modalities)
-    paths = {m: stats_path(cfg.out, m) for m in cfg.modalities}  # checks the name before reading
+    stats_path(cfg.out, cfg.modalities[0])  # checks the name before reading
     store = EmbeddingStore(cfg.embeddings, allow_nonfinite=cfg.allow_nonfinite)
     fitted = {
         m: fit_whitening(
@@ -85,28 +79,25 @@ def fit_store_whitening(cfg: WhitenFitConfig) -> dict[str, Path]:
         )
         for m in cfg.modalities
     }
-    return {m: stats.save(paths[m]) for m, stats in fitted.items()}
-
-
-def load_stats_set(out: str | Path, modalities: tuple[str, ...] = MODALITIES) -> dict[str, WhiteningStats]:
-    """The statistics saved by :func:`fit_store_whitening` under the name ``out``."""
-    return {m: WhiteningStats.load(stats_path(out, m)) for m in modalities}
+    return save_stats_set(cfg.out, fitted)
 
 
 @dataclass
 class WhitenApplyConfig:
     """Whiten the store ``embeddings`` with the statistics named ``stats`` into a new store ``out``
-    (``model`` in its meta reads "<model> whitened by <stats>")."""
+    (``model`` in its meta reads "<model> whitened by <stats>"); ``allow_nonfinite`` drops NaN/Inf
+    rows of the source (with a count) instead of failing."""
 
     embeddings: str
     stats: str
     out: str
     overwrite: bool = False
+    allow_nonfinite: bool = False
 
 
 def apply_store_whitening(cfg: WhitenApplyConfig) -> EmbeddingStore:
     """Write the whitened copy of a store (see the module docstring) and return it opened."""
-    source = EmbeddingStore(cfg.embeddings)
+    source = EmbeddingStore(cfg.embeddings, allow_nonfinite=cfg.allow_nonfinite)
     stats = load_stats_set(cfg.stats)
     for m, s in stats.items():
         if s.dim != source.dim(m):
@@ -114,10 +105,9 @@ def apply_store_whitening(cfg: WhitenApplyConfig) -> EmbeddingStore:
                 f"{stats_path(cfg.stats, m)}: fitted on dimension {s.dim}, but {cfg.embeddings} has {m} "
                 f"dimension {source.dim(m)}"
             )
-    if Path(cfg.out).exists() and not cfg.overwrite:
-        raise LakdError(f"{cfg.out}: already exists (use --overwrite to replace it)")
     if Path(cfg.out).resolve() == source.path.resolve():
         raise LakdError(f"{cfg.out}: must differ from the source store {cfg.embeddings}")
+    check_replaceable(Path(cfg.out), cfg.overwrite)
     meta = source.meta
     spec = StoreSpec(  # a distinct identity, so `lakd embed` never resumes into a whitened store
         model=f"{meta['model']} whitened by {cfg.stats}",
@@ -135,37 +125,21 @@ def apply_store_whitening(cfg: WhitenApplyConfig) -> EmbeddingStore:
         "whitened_from": str(cfg.embeddings),
         "whitening": whitened,
     }
-    writer = StoreWriter(cfg.out, spec, overwrite=cfg.overwrite, extra=extra)
-    for entry in meta["shards"]:
-        index = writer.ranges.index((entry["start"], entry["stop"]))
-        shard_file = source.path / entry["file"]
-        header = read_shard_header(shard_file)
-        tensors = load_file(str(shard_file))
-        for key in ("image", "text"):
-            bad = int((~torch.isfinite(tensors[key])).any(dim=1).sum())
-            if bad:
-                raise LakdError(
-                    f"{shard_file}: {bad} {key} row(s) contain NaN/Inf; re-embed them before whitening the store"
-                )
-        writer.write(
-            index,
-            ShardData(
-                image=whiten(tensors["image"].double(), stats["image"]).float(),
-                text=whiten(tensors["text"].double(), stats["text"]).float(),
-                text_item=tensors["text_item"],
-                ids=json.loads(header.metadata["ids"]),
-                captions=json.loads(header.metadata["captions"]),
-                labels=tensors.get("label"),
-                n_skipped=header.count("n_skipped"),
-                n_truncated=header.count("n_truncated"),
-            ),
-        )
-    writer.finish()
-    prompts = read_class_prompts(source.path)
-    if prompts is not None:
-        flat = prompts.embeddings.reshape(-1, prompts.embeddings.shape[-1]).double()
-        y = whiten(flat, stats["text"]).float().reshape(*prompts.embeddings.shape[:2], -1)
-        write_class_prompts(
-            writer.path, ClassPrompts(y, prompts.classnames, prompts.templates, prompts.model)
-        )
-    return EmbeddingStore(writer.path)
+    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as folder:  # all of it, or nothing
+        writer = StoreWriter(folder, spec, extra=extra)
+        for shard in source.shards():
+            writer.write(
+                writer.ranges.index(shard.range),
+                replace(
+                    shard,
+                    image=whiten(shard.image.double(), stats["image"]).float(),
+                    text=whiten(shard.text.double(), stats["text"]).float(),
+                ),
+            )
+        writer.finish()
+        prompts = read_class_prompts(source.path)
+        if prompts is not None:
+            flat = prompts.embeddings.reshape(-1, prompts.embeddings.shape[-1]).double()
+            y = whiten(flat, stats["text"]).float().reshape(*prompts.embeddings.shape[:2], -1)
+            write_class_prompts(folder, ClassPrompts(y, prompts.classnames, prompts.templates, prompts.model))
+    return EmbeddingStore(cfg.out)

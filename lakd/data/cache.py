@@ -1,0 +1,59 @@
+"""A cache of embedding stores, each kept in its own folder with the key it was made from.
+
+:func:`cached_store` returns the store in a folder when it is complete and its recorded identity
+(``cache-key.json``) equals the one asked for; resumes it when it was interrupted (the builder
+keeps finished shards); rebuilds it otherwise. :func:`cache_folder_name` names the folder of a key
+by a readable slug plus a hash. What the identity holds (e.g. a model's files' sizes and modification
+times, so a retrained checkpoint is embedded again) is up to the caller
+(:func:`lakd.models.embed.cached_embed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lakd.data.store import CLASSES_NAME, EmbeddingStore
+from lakd.errors import LakdError
+from lakd.io import write_json
+
+KEY_FILE = "cache-key.json"
+
+
+def cache_folder_name(key: Mapping[str, Any]) -> str:
+    """``<model>__<data>-<hash>`` of a key with ``model`` and ``data`` entries (unsafe characters
+    replaced; the hash of the whole key keeps names distinct)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{key.get('model')}__{key.get('data')}").strip("._")[:80]
+    return f"{slug}-{digest}"
+
+
+def read_identity(folder: Path) -> dict | None:
+    """The identity recorded in a cache folder, None when absent or unreadable."""
+    try:
+        return json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def cached_store(
+    folder: Path, identity: Mapping[str, Any], build: Callable[[bool], EmbeddingStore]
+) -> EmbeddingStore:
+    """The store in ``folder`` made from ``identity``: reused when complete, else ``build(overwrite)``
+    (``overwrite`` True when the folder holds a store of another identity, which is replaced)."""
+    identity = json.loads(json.dumps(identity))  # plain JSON values, as read back
+    same = read_identity(folder) == identity
+    if same:
+        try:
+            return EmbeddingStore(folder)
+        except LakdError:
+            pass  # interrupted: build() resumes from the finished shards
+    overwrite = folder.exists() and not same
+    if overwrite:
+        (folder / CLASSES_NAME).unlink(missing_ok=True)
+    write_json(folder / KEY_FILE, identity)
+    return build(overwrite)
