@@ -180,7 +180,7 @@ def measure_analyze_in_memory(args: argparse.Namespace) -> dict[str, Any]:
     image_model, text_model = image_and_text_models(768)
     n = args.analyze_rows
     teacher = {"image": image_model.rows(n, seed=4), "text": text_model.rows(n, seed=5)}
-    # the student: a rotated, noisier copy of the teacher in the same 768-d space (as the issue asks)
+    # the student: a rotated, noisier copy of the teacher in the same 768-d space
     rng = np.random.default_rng(6)
     rotation = np.linalg.qr(rng.standard_normal((768, 768)))[0].astype(np.float32)
     student = {

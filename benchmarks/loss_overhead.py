@@ -58,7 +58,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def clip_like_features(n: int, dim: int, offset: float, generator: torch.Generator) -> torch.Tensor:
-    """Raw features with a mean offset and a decaying spectrum, like CLIP's (METRICS.md [DE])."""
+    """Raw features with a mean offset and a decaying spectrum, like CLIP's (docs/metrics.md, [DE])."""
     scales = torch.logspace(0, -1.5, dim)
     return offset / dim**0.5 + torch.randn(n, dim, generator=generator) * scales / scales.norm()
 

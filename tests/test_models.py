@@ -478,3 +478,18 @@ def test_unavailable_hugging_face_tokenizer_is_one_line_error(monkeypatch):
     with pytest.raises(LakdError, match=r"^ckpt\.pt: tokenizer 'no-such-org/no-such-tokenizer': ") as err:
         tokenizer_for(cfg, None, source="ckpt.pt")
     assert "\n" not in str(err.value)
+
+
+def test_checkpoint_of_wrapped_model_is_the_bare_model(tmp_path):
+    """DDP / DataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers are unwrapped."""
+    from lakd.models.checkpoint import unwrap
+
+    model, _, _ = load_model("lakd:tiny-vit")
+    compiled = torch.compile(model)  # wrapping only: nothing is compiled until it runs
+    assert unwrap(compiled) is model
+    wrapped = torch.nn.DataParallel(compiled)
+    assert unwrap(wrapped) is model
+    path = save_checkpoint(wrapped, tmp_path / "c.pt")
+    loaded, _, _ = load_checkpoint(path)
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))

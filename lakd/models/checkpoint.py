@@ -76,9 +76,20 @@ def save_checkpoint(
     return path
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 def split_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, Parts]:
-    """(bare open_clip model, extra parts) of ``model``, unwrapping DDP / DataParallel first."""
-    model = getattr(model, "module", model)
+    """(bare open_clip model, extra parts) of ``model``, unwrapping DDP / DataParallel / torch.compile first."""
+    model = unwrap(model)
     checkpoint_parts = getattr(model, "checkpoint_parts", None)
     return checkpoint_parts() if callable(checkpoint_parts) else (model, {})
 
