@@ -45,12 +45,12 @@ def _fresh_output(out: Path) -> None:
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Run the demo and return the paths it wrote, by name."""
-    from lakd.analysis.report import ReportConfig, geometry_report, report_summary
     from lakd.data.shapes import export_shapes
     from lakd.embed import EmbedConfig, embed
     from lakd.eval import EvalConfig, evaluate
     from lakd.eval.results import format_summary
     from lakd.models import load_model, save_checkpoint
+    from lakd.report import ReportConfig, geometry_report, report_summary
     from lakd.whiten import WhitenFitConfig, fit_store_whitening
 
     out = Path(cfg.out)

@@ -15,19 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
-import lakd.analysis.report.build as build
 import lakd.eval.cache
+import lakd.report.build as build
 from lakd.analysis import AnalysisConfig, GeometryResult, analyze
-from lakd.analysis.report import ReportConfig, geometry_report, report_summary
-from lakd.analysis.report.figures import DRAW, SIMILARITY_PANELS, bar_limits, pixel_size, save_figure
-from lakd.analysis.report.html import BUILD, _hover_data, build_alignment, render_page, summary_table
-from lakd.analysis.report.inputs import REPORT_FORMAT, ModelInput
-from lakd.analysis.report.table import legend_text, summary_rows, verdict
-from lakd.analysis.report.views import FIGURES, ReportData, spectrum_values
 from lakd.cli import main
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
 from lakd.eval.inputs import write_embeddings
+from lakd.report import ReportConfig, geometry_report, report_summary
+from lakd.report.figures import DRAW, SIMILARITY_PANELS, bar_limits, pixel_size, save_figure
+from lakd.report.html import BUILD, _hover_data, build_alignment, render_page, summary_table
+from lakd.report.inputs import REPORT_FORMAT, ModelInput
+from lakd.report.table import legend_text, summary_rows, verdict
+from lakd.report.views import FIGURES, ReportData, spectrum_values
 
 N = 80
 EVIL = '<script>window.__pwned = 1</script> & <b>"bold"</b>'

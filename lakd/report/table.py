@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from lakd.analysis.report.inputs import MODALITIES
+from lakd.report.inputs import MODALITIES
 
 PAIR = "image_vs_text"
 

@@ -1,8 +1,8 @@
 """``report.html``: one self-contained page (plotly.js inlined by plotly itself, no network request).
 
 Order: run description, the summary table (reference vs others, delta, green where a model sits
-towards the reference and red where away, see :mod:`lakd.analysis.report.table`), the alignment
-note, then one interactive plotly figure per entry of :data:`~lakd.analysis.report.views.FIGURES`
+towards the reference and red where away, see :mod:`lakd.report.table`), the alignment
+note, then one interactive plotly figure per entry of :data:`~lakd.report.views.FIGURES`
 (builders in :data:`BUILD`), whose points show the item's id and caption on hover, and the
 least-conforming items. Every user-supplied string (captions, ids, model names, specs) is escaped:
 with :func:`esc` in the page's HTML, with :func:`ptext` (no quote entities, which plotly would show
@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lakd.analysis.report.figures import (
+from lakd.report.figures import (
     ALIGNMENT_BARS,
     NORMALITY_TESTS,
     SIMILARITY_PANELS,
@@ -28,9 +28,9 @@ from lakd.analysis.report.figures import (
     similarity_pairs,
     similarity_range,
 )
-from lakd.analysis.report.inputs import MODALITIES
-from lakd.analysis.report.table import format_value
-from lakd.analysis.report.views import (
+from lakd.report.inputs import MODALITIES
+from lakd.report.table import format_value
+from lakd.report.views import (
     PLOTLY_DASHES,
     ModelData,
     ReportData,

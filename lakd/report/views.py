@@ -28,7 +28,7 @@ from lakd.analysis.conformity import conformity_given_sum, cosine_to_vector
 from lakd.analysis.inputs import normalise_rows
 from lakd.analysis.moments import Moments, sorted_eigh
 from lakd.analysis.passes import Embeddings, first_pass
-from lakd.analysis.report.inputs import ModelInput, RowLabels
+from lakd.report.inputs import ModelInput, RowLabels
 
 # one colour per model (matplotlib's tab10, in order); solid lines for image, dashed for text
 MODEL_COLOURS = (

@@ -16,9 +16,13 @@ from pathlib import Path
 
 from lakd import __version__
 from lakd.analysis.analyze import AnalysisConfig, analyze
-from lakd.analysis.report.figures import save_figures
-from lakd.analysis.report.html import render_page
-from lakd.analysis.report.inputs import (
+from lakd.data import SourceOptions
+from lakd.data.store import EmbeddingStore
+from lakd.errors import LakdError
+from lakd.io import atomic_dir, atomic_path, write_json, write_text
+from lakd.report.figures import save_figures
+from lakd.report.html import render_page
+from lakd.report.inputs import (
     CACHE_DIR,
     MODALITIES,
     REPORT_FORMAT,
@@ -33,12 +37,8 @@ from lakd.analysis.report.inputs import (
     reuse_cache,
     row_labels,
 )
-from lakd.analysis.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
-from lakd.analysis.report.views import ReportData, modality_view, model_data
-from lakd.data import SourceOptions
-from lakd.data.store import EmbeddingStore
-from lakd.errors import LakdError
-from lakd.io import atomic_dir, atomic_path, write_json, write_text
+from lakd.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
+from lakd.report.views import ReportData, modality_view, model_data
 
 TEXT_VIEW_DESCRIPTIONS = {"paired": "each item's first caption", "all": "every caption"}
 
