@@ -26,8 +26,8 @@ from lakd.report import ReportConfig, geometry_report, report_summary
 from lakd.report.figures import DRAW, SIMILARITY_PANELS, bar_limits, pixel_size, save_figure
 from lakd.report.html import BUILD, _hover_data, build_alignment, render_page, summary_table
 from lakd.report.inputs import REPORT_FORMAT, ModelInput
+from lakd.report.points import FIGURES, ReportData, spectrum_values
 from lakd.report.table import legend_text, summary_rows, verdict
-from lakd.report.views import FIGURES, ReportData, spectrum_values
 
 N = 80
 EVIL = '<script>window.__pwned = 1</script> & <b>"bold"</b>'

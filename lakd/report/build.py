@@ -37,8 +37,8 @@ from lakd.report.inputs import (
     reuse_cache,
     row_labels,
 )
+from lakd.report.points import ReportData, modality_view, model_data
 from lakd.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
-from lakd.report.views import ReportData, modality_view, model_data
 
 TEXT_VIEW_DESCRIPTIONS = {"paired": "each item's first caption", "all": "every caption"}
 

@@ -1,6 +1,6 @@
 """The report's figures as PNGs (matplotlib's object API on the Agg canvas; no pyplot state).
 
-One drawing function per entry of :data:`lakd.report.views.FIGURES`, registered in
+One drawing function per entry of :data:`lakd.report.points.FIGURES`, registered in
 :data:`DRAW`. Sizes are fixed in inches (7 in wide: a two-column paper figure) at 150 dpi with
 8-point text; one colour per model, solid lines (filled markers) for image, dashed (hollow) for text.
 """
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from lakd.io import atomic_path
 from lakd.report.inputs import MODALITIES
-from lakd.report.views import (
+from lakd.report.points import (
     DPI,
     MPL_LINESTYLES,
     FigureInfo,

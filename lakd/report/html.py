@@ -2,7 +2,7 @@
 
 Order: run description, the summary table (reference vs others, delta, green where a model sits
 towards the reference and red where away, see :mod:`lakd.report.table`), the alignment
-note, then one interactive plotly figure per entry of :data:`~lakd.report.views.FIGURES`
+note, then one interactive plotly figure per entry of :data:`~lakd.report.points.FIGURES`
 (builders in :data:`BUILD`), whose points show the item's id and caption on hover, and the
 least-conforming items. Every user-supplied string (captions, ids, model names, specs) is escaped:
 with :func:`esc` in the page's HTML, with :func:`ptext` (no quote entities, which plotly would show
@@ -29,8 +29,7 @@ from lakd.report.figures import (
     similarity_range,
 )
 from lakd.report.inputs import MODALITIES
-from lakd.report.table import format_value
-from lakd.report.views import (
+from lakd.report.points import (
     PLOTLY_DASHES,
     ModelData,
     ReportData,
@@ -38,6 +37,7 @@ from lakd.report.views import (
     histogram_density,
     spectrum_values,
 )
+from lakd.report.table import format_value
 
 FIGURE_HEIGHT = 460
 HOVER = "<b>%{customdata[0]}</b><br>%{customdata[1]}<extra>%{fullData.name}</extra>"
