@@ -39,6 +39,7 @@ from lakd.report.inputs import (
 )
 from lakd.report.points import ReportData, modality_view, model_data
 from lakd.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
+from lakd.report.views import figure_views
 
 TEXT_VIEW_DESCRIPTIONS = {"paired": "each item's first caption", "all": "every caption"}
 
@@ -134,12 +135,13 @@ def geometry_report(cfg: ReportConfig) -> Path:
 def write_report(report: ReportData, folder: Path) -> None:
     """``figures/*.png``, ``metrics.json``, ``metrics.csv`` and ``report.html`` of ``report`` into ``folder``."""
     meta = report.meta
-    meta["figures"] = [str(path.relative_to(folder)) for path in save_figures(report, folder / "figures")]
+    views = figure_views(report)  # one view per figure, drawn by both renderers
+    meta["figures"] = [str(path.relative_to(folder)) for path in save_figures(views, folder / "figures")]
     write_json(folder / "metrics.json", meta)
     roles = {model["name"]: model["role"] for model in meta["models"]}
     with atomic_path(folder / "metrics.csv") as path:
         metrics_frame(meta["results"], roles).to_csv(path, index=False)
-    write_text(folder / "report.html", render_page(report))
+    write_text(folder / "report.html", render_page(report, views))
 
 
 def assemble(

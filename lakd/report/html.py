@@ -2,8 +2,8 @@
 
 Order: run description, the summary table (reference vs others, delta, green where a model sits
 towards the reference and red where away, see :mod:`lakd.report.table`), the alignment
-note, then one interactive plotly figure per entry of :data:`~lakd.report.points.FIGURES`
-(builders in :data:`BUILD`), whose points show the item's id and caption on hover, and the
+note, then one interactive plotly figure per figure view (:mod:`lakd.report.views`; builders in
+:data:`BUILD` map a view to plotly traces), whose points show the item's id and caption on hover, and the
 least-conforming items. Every user-supplied string (captions, ids, model names, specs) is escaped:
 with :func:`esc` in the page's HTML, with :func:`ptext` (no quote entities, which plotly would show
 literally) in what plotly renders; plotly's JSON escapes ``<`` and ``>`` inside its script tags.
@@ -18,30 +18,25 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from lakd.report.figures import (
-    ALIGNMENT_BARS,
-    NORMALITY_TESTS,
-    SIMILARITY_PANELS,
-    alignment_values,
-    bar_limits,
-    left_out_note,
-    similarity_pairs,
-    similarity_range,
-)
-from lakd.report.inputs import MODALITIES
-from lakd.report.points import (
-    PLOTLY_DASHES,
-    ModelData,
-    ReportData,
-    ellipse_outline,
-    histogram_density,
-    spectrum_values,
-)
+from lakd.report.pairwise import AlignmentView
+from lakd.report.points import ReportData
+from lakd.report.series import Points, Series, Steps
 from lakd.report.table import format_value
+from lakd.report.views import (
+    ConformityView,
+    DistributionsView,
+    EllipsoidsView,
+    FigureInfo,
+    NormalityView,
+    ShellView,
+    SpectraView,
+    TsneView,
+)
 
 FIGURE_HEIGHT = 460
 HOVER = "<b>%{customdata[0]}</b><br>%{customdata[1]}<extra>%{fullData.name}</extra>"
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+DASHES = {"image": "solid", "text": "dash"}
 
 
 def esc(text: object) -> str:
@@ -55,63 +50,55 @@ def ptext(text: object) -> str:
     return html.escape(str(text), quote=False)
 
 
-def _hover_data(data: ReportData, modality: str, rows: np.ndarray) -> list[list[str]]:
-    """``[escaped id, escaped caption]`` per row: plotly renders hover text as its own HTML subset."""
-    return [[ptext(item_id), ptext(caption)] for item_id, caption in data.label(modality, rows)]
+def _hover_data(labels: list[tuple[str, str]]) -> list[list[str]]:
+    """``[escaped id, escaped caption]`` per point: plotly renders hover text as its own HTML subset."""
+    return [[ptext(item_id), ptext(caption)] for item_id, caption in labels]
 
 
-def _points(
-    data: ReportData, model: ModelData, modality: str, points: np.ndarray, rows: np.ndarray, legend: bool
-) -> go.Scatter:
-    filled = modality == "image"
+def _points(points: Points) -> go.Scatter:
+    filled = points.modality == "image"
     return go.Scatter(
-        x=points[:, 0],
-        y=points[:, 1],
+        x=points.xy[:, 0],
+        y=points.xy[:, 1],
         mode="markers",
-        name=f"{ptext(model.name)} {modality}",
-        legendgroup=f"{model.name} {modality}",
-        showlegend=legend,
+        name=f"{ptext(points.model)} {points.modality}",
+        legendgroup=f"{points.model} {points.modality}",
+        showlegend=True,
         marker={
             "size": 5,
-            "color": model.colour,
+            "color": points.colour,
             "symbol": "circle" if filled else "circle-open",
             "opacity": 0.55 if filled else 0.75,
         },
-        customdata=_hover_data(data, modality, rows),
+        customdata=_hover_data(points.labels),
         hovertemplate=HOVER,
     )
 
 
-def _line(x, y, model: ModelData, modality: str, name: str, legend: bool = True, **line) -> go.Scatter:
+def _line(x, y, series: Series, name: str, legend: bool = True, **line) -> go.Scatter:
     return go.Scatter(
         x=list(x),
         y=list(y),
         mode="lines",
         name=name,
         showlegend=legend,
-        line={"color": model.colour, "dash": PLOTLY_DASHES[modality], **line},
+        line={"color": series.colour, "dash": DASHES[series.modality], **line},
     )
 
 
-def _model_titles(data: ReportData) -> list[str]:
-    return [f"{ptext(m.name)} ({m.entry.role}, d={m.dim})" for m in data.models]
+def _stairs(steps: Steps) -> tuple[list[float], list[float]]:
+    """Step-line coordinates (``shape="hv"``) of a histogram density: the last value repeated."""
+    return steps.edges.tolist(), [*steps.density.tolist(), float(steps.density[-1])]
 
 
-def build_ellipsoids(data: ReportData) -> go.Figure:
-    fig = make_subplots(1, len(data.models), subplot_titles=_model_titles(data))
-    for column, model in enumerate(data.models, start=1):
-        projection = model.projection
-        for modality in MODALITIES:
-            rows = model.views[modality].indices
-            fig.add_trace(_points(data, model, modality, projection.points[modality], rows, True), 1, column)
-            for sigmas in (1, 2):
-                outline = ellipse_outline(
-                    projection.means[modality], projection.covariances[modality], sigmas
-                )
-                name = f"{ptext(model.name)} {modality} {sigmas}-sigma"
-                fig.add_trace(
-                    _line(*outline.T, model, modality, name, legend=False, width=2.0 / sigmas), 1, column
-                )
+def build_ellipsoids(view: EllipsoidsView) -> go.Figure:
+    fig = make_subplots(1, len(view.panels), subplot_titles=[ptext(panel.title) for panel in view.panels])
+    for column, panel in enumerate(view.panels, start=1):
+        for points in panel.points:
+            fig.add_trace(_points(points), 1, column)
+            for sigmas, outline in panel.outlines[points.modality].items():
+                name = f"{ptext(points.model)} {points.modality} {sigmas}-sigma"
+                fig.add_trace(_line(*outline.T, points, name, legend=False, width=2.0 / sigmas), 1, column)
         origin = go.Scatter(
             x=[0],
             y=[0],
@@ -129,9 +116,9 @@ def build_ellipsoids(data: ReportData) -> go.Figure:
             hoverinfo="name",
         )
         fig.add_trace(origin, 1, column)
-        fig.update_xaxes(title_text=ptext(projection.axis_names[0]), row=1, col=column)
+        fig.update_xaxes(title_text=ptext(panel.axis_titles[0]), row=1, col=column)
         fig.update_yaxes(
-            title_text=ptext(projection.axis_names[1]),
+            title_text=ptext(panel.axis_titles[1]),
             scaleanchor=f"x{'' if column == 1 else column}",
             row=1,
             col=column,
@@ -139,117 +126,81 @@ def build_ellipsoids(data: ReportData) -> go.Figure:
     return fig
 
 
-def _stairs(histogram: dict, scale: float = 1.0) -> tuple[list[float], list[float]]:
-    """Step-line coordinates (``shape="hv"``) of a histogram density (see ``histogram_density``)."""
-    density, edges = histogram_density(histogram, scale)
-    return edges.tolist(), [*density.tolist(), float(density[-1])]
-
-
-def build_shell(data: ReportData) -> go.Figure:
-    keys = (("raw", "||x|| / E||x||"), ("centred", "||x - mu|| / E||x - mu||"))
-    fig = make_subplots(1, 2, subplot_titles=[label for _, label in keys])
-    for column, (key, label) in enumerate(keys, start=1):
-        for model in data.models:
-            for modality in MODALITIES:
-                stats = model.result["modalities"][modality].get("shell", {}).get(key)
-                if not stats or not stats.get("mean"):
-                    continue
-                x, y = _stairs(stats["histogram"], stats["mean"])
-                name = f"{ptext(model.name)} {modality}"
-                trace = _line(x, y, model, modality, name, legend=column == 1, shape="hv")
-                trace.legendgroup = name
-                trace.hovertemplate = f"{name}: CV {format_value(stats.get('cv'))}<extra></extra>"
-                fig.add_trace(trace, 1, column)
-        fig.update_xaxes(title_text=label, row=1, col=column)
-        fig.update_yaxes(title_text="density", row=1, col=column)
+def build_shell(view: ShellView) -> go.Figure:
+    fig = make_subplots(1, len(view.panels), subplot_titles=[panel.x_title.text for panel in view.panels])
+    for column, panel in enumerate(view.panels, start=1):
+        for steps in panel.steps:
+            name = f"{ptext(steps.model)} {steps.modality}"
+            trace = _line(*_stairs(steps), steps, name, legend=column == 1, shape="hv")
+            trace.legendgroup = name
+            trace.hovertemplate = f"{name}: CV {format_value(steps.cv)}<extra></extra>"
+            fig.add_trace(trace, 1, column)
+        fig.update_xaxes(title_text=panel.x_title.text, row=1, col=column)
+        fig.update_yaxes(title_text=view.y_title, row=1, col=column)
     return fig
 
 
-def build_spectra(data: ReportData) -> go.Figure:
-    fig = make_subplots(1, 2, subplot_titles=[f"{m} (dotted: effective rank)" for m in MODALITIES])
-    for column, modality in enumerate(MODALITIES, start=1):
-        for model in data.models:
-            spectrum = model.result["modalities"][modality].get("ellipsoid", {}).get("spectrum")
-            if not spectrum:
-                continue
-            values, dim = spectrum_values(spectrum)
-            if not len(values):
-                continue
-            rank = spectrum["effective_rank"]
-            name = f"{ptext(model.name)} {modality}: effective rank {rank:.1f} (dim {dim})"
-            fig.add_trace(_line(np.arange(1, len(values) + 1), values, model, modality, name), 1, column)
-            marker = _line(
-                [rank, rank],
-                [values.min(), values.max()],
-                model,
-                modality,
-                f"{ptext(model.name)} {modality} effective rank {rank:.1f}",
-                legend=False,
-            )
+def build_spectra(view: SpectraView) -> go.Figure:
+    fig = make_subplots(1, len(view.panels), subplot_titles=[panel.title for panel in view.panels])
+    for column, panel in enumerate(view.panels, start=1):
+        for spectrum in panel.spectra:
+            values, rank, who = spectrum.values, spectrum.rank, f"{ptext(spectrum.model)} {spectrum.modality}"
+            name = f"{who}: effective rank {rank:.1f} (dim {spectrum.dim})"
+            fig.add_trace(_line(np.arange(1, len(values) + 1), values, spectrum, name), 1, column)
+            name = f"{who} effective rank {rank:.1f}"
+            marker = _line([rank, rank], [values.min(), values.max()], spectrum, name, legend=False)
             marker.line.dash = "dot"
             fig.add_trace(marker, 1, column)
-        fig.update_xaxes(type="log", title_text="eigenvalue index", row=1, col=column)
-        fig.update_yaxes(type="log", title_text="lambda_i / sum lambda", row=1, col=column)
+        fig.update_xaxes(type="log", title_text=view.x_title, row=1, col=column)
+        fig.update_yaxes(type="log", title_text=view.y_title.text, row=1, col=column)
     return fig
 
 
-def build_conformity_vs_cosine(data: ReportData) -> go.Figure:
-    fig = make_subplots(1, 2, subplot_titles=list(MODALITIES))
-    for column, modality in enumerate(MODALITIES, start=1):
-        for model in data.models:
-            points = model.conformity[modality]
-            xy = np.stack([points["cosine_to_mean"], points["conformity"]], axis=1)
-            fig.add_trace(_points(data, model, modality, xy, model.views[modality].indices, True), 1, column)
-            fit = model.result["modalities"][modality].get("conformity", {}).get("fit_vs_cosine_to_mean", {})
-            if fit.get("slope") is not None:
-                x = np.array([xy[:, 0].min(), xy[:, 0].max()])
-                name = f"{ptext(model.name)} {modality} fit: r = {fit['pearson_r']:.4f}"
-                fig.add_trace(_line(x, fit["slope"] * x + fit["intercept"], model, modality, name), 1, column)
-        fig.update_xaxes(title_text="cos(x, mu)", row=1, col=column)
-        fig.update_yaxes(title_text="conformity", row=1, col=column)
+def build_conformity_vs_cosine(view: ConformityView) -> go.Figure:
+    fig = make_subplots(1, len(view.panels), subplot_titles=[panel.title for panel in view.panels])
+    for column, panel in enumerate(view.panels, start=1):
+        for points, fit in zip(panel.points, panel.fits, strict=True):
+            fig.add_trace(_points(points), 1, column)
+            if fit is not None:
+                name = f"{ptext(points.model)} {points.modality} fit: r = {fit.r:.4f}"
+                fig.add_trace(_line(fit.x, fit.y, points, name), 1, column)
+        fig.update_xaxes(title_text=view.x_title.text, row=1, col=column)
+        fig.update_yaxes(title_text=view.y_title, row=1, col=column)
     return fig
 
 
-def build_conformity_distributions(data: ReportData) -> go.Figure:
-    fig = make_subplots(1, len(data.models), subplot_titles=_model_titles(data))
-    for column, model in enumerate(data.models, start=1):
-        for modality in MODALITIES:
-            stats = model.result["modalities"][modality].get("conformity", {}).get("distribution")
-            if stats:
-                x, y = _stairs(stats["histogram"])
-                name = f"{ptext(model.name)} {modality} (mean {format_value(stats['mean'])})"
-                fig.add_trace(_line(x, y, model, modality, name, shape="hv"), 1, column)
-        fig.update_xaxes(title_text="conformity", row=1, col=column)
+def build_conformity_distributions(view: DistributionsView) -> go.Figure:
+    fig = make_subplots(1, len(view.panels), subplot_titles=[ptext(panel.title) for panel in view.panels])
+    for column, panel in enumerate(view.panels, start=1):
+        for steps in panel.steps:
+            name = f"{ptext(steps.model)} {steps.modality} (mean {format_value(steps.mean)})"
+            fig.add_trace(_line(*_stairs(steps), steps, name, shape="hv"), 1, column)
+        fig.update_xaxes(title_text=view.x_title, row=1, col=column)
     return fig
 
 
-def build_normality(data: ReportData) -> go.Figure:
+def build_normality(view: NormalityView) -> go.Figure:
     fig = make_subplots(1, 2, subplot_titles=["coordinates passing (%)", "QQ plots of whitened coordinates"])
-    groups = [(test, short, modality) for test, short in NORMALITY_TESTS for modality in MODALITIES]
-    for model in data.models:
-        x, y, patterns = [], [], []
-        for test, short, modality in groups:
-            normality = model.result["modalities"][modality].get("normality", {})
-            if test in normality:
-                x.append(f"{short} {modality}")
-                y.append(100 * normality[test]["pass_rate"])
-                patterns.append("" if modality == "image" else "/")
-        if x:
+    for model in view.models:
+        bars = [
+            (tick, m, rate)
+            for (tick, m), rate in zip(view.groups, model.rates, strict=True)
+            if rate is not None
+        ]
+        if bars:
             bar = go.Bar(
-                x=x,
-                y=y,
-                name=ptext(model.name),
-                marker={"color": model.colour, "pattern": {"shape": patterns}},
+                x=[tick for tick, _, _ in bars],
+                y=[rate for _, _, rate in bars],
+                name=ptext(model.model),
+                marker={
+                    "color": model.colour,
+                    "pattern": {"shape": ["" if m == "image" else "/" for _, m, _ in bars]},
+                },
             )
             fig.add_trace(bar, 1, 1)
-        for modality in MODALITIES:
-            for k, qq in enumerate(
-                model.result["modalities"][modality].get("normality", {}).get("qq", [])[:2]
-            ):
-                name = f"{ptext(model.name)} {modality} coordinate {qq['coordinate']}"
-                fig.add_trace(
-                    _line(qq["theoretical"], qq["sample"], model, modality, name, legend=k == 0), 1, 2
-                )
+        for line in model.qq:
+            name = f"{ptext(line.model)} {line.modality} coordinate {line.coordinate}"
+            fig.add_trace(_line(line.theoretical, line.sample, line, name, legend=line.first), 1, 2)
     fig.add_hline(95, line_dash="dot", line_color="grey", row=1, col=1)
     diagonal = go.Scatter(
         x=[-3, 3],
@@ -266,35 +217,30 @@ def build_normality(data: ReportData) -> go.Figure:
     return fig
 
 
-def build_alignment(data: ReportData) -> go.Figure:
-    shown = data.models[:SIMILARITY_PANELS]
-    columns = len(shown) + 1
+def build_alignment(view: AlignmentView) -> go.Figure:
+    columns = len(view.similarity) + 1
     titles = ["alignment with the reference (1 = same)"]
-    titles += [f"{ptext(m.name)}: image cosines" for m in shown] + ["same image pairs"]
+    titles += [f"{ptext(panel.model)}: image cosines" for panel in view.similarity] + ["same image pairs"]
     specs = [[{"colspan": columns}] + [None] * (columns - 1), [{} for _ in range(columns)]]
     fig = make_subplots(2, columns, specs=specs, subplot_titles=titles, vertical_spacing=0.15)
-    labels = [name for name, _ in ALIGNMENT_BARS]
-    drawn: list[float | None] = []
-    for model in data.others:
-        for modality in MODALITIES:
-            values = alignment_values(model, modality)
-            drawn += values
-            bar = go.Bar(
-                x=labels,
-                y=[0.0 if v is None else v for v in values],
-                text=["n/a" if v is None else "" for v in values],
-                textposition="outside",
-                hovertext=["not computed" if v is None else format_value(v) for v in values],
-                hovertemplate="%{x}: %{hovertext}<extra>%{fullData.name}</extra>",
-                name=f"{ptext(model.name)} {modality}",
-                marker={"color": model.colour, "pattern": {"shape": "" if modality == "image" else "/"}},
-            )
-            fig.add_trace(bar, 1, 1)
-    low, high = similarity_range(shown)
-    for column, model in enumerate(shown, start=1):
-        ids = [ptext(item_id) for item_id, _ in data.label("image", model.similarity["rows"])]
+    for series in view.bars:
+        values = series.values
+        bar = go.Bar(
+            x=view.metrics,
+            y=[0.0 if v is None else v for v in values],
+            text=["n/a" if v is None else "" for v in values],
+            textposition="outside",
+            hovertext=["not computed" if v is None else format_value(v) for v in values],
+            hovertemplate="%{x}: %{hovertext}<extra>%{fullData.name}</extra>",
+            name=f"{ptext(series.model)} {series.modality}",
+            marker={"color": series.colour, "pattern": {"shape": "" if series.modality == "image" else "/"}},
+        )
+        fig.add_trace(bar, 1, 1)
+    low, high = view.scale
+    for column, panel in enumerate(view.similarity, start=1):
+        ids = [ptext(item_id) for item_id in panel.ids]
         heatmap = go.Heatmap(
-            z=model.similarity["matrix"],
+            z=panel.matrix,
             x=ids,
             y=ids,
             zmin=low,
@@ -302,52 +248,48 @@ def build_alignment(data: ReportData) -> go.Figure:
             colorscale="Viridis",
             showscale=column == 1,
             colorbar={"title": {"text": "cosine"}, "len": 0.42, "y": 0.0, "yanchor": "bottom", "x": 1.02},
-            name=ptext(model.name),
+            name=ptext(panel.model),
             hovertemplate="%{x} vs %{y}: %{z:.3f}<extra>%{fullData.name}</extra>",
         )
         fig.add_trace(heatmap, 2, column)
         fig.update_xaxes(showticklabels=False, row=2, col=column)
         fig.update_yaxes(showticklabels=False, autorange="reversed", row=2, col=column)
-    for model in shown[1:]:
-        pairs = similarity_pairs(data.reference, model)
-        if pairs is not None:
-            scatter = go.Scatter(
-                x=pairs[0],
-                y=pairs[1],
-                mode="markers",
-                name=f"{ptext(model.name)} vs {ptext(data.reference.name)} cosines",
-                marker={"size": 4, "color": model.colour, "opacity": 0.5},
-                hovertemplate="reference %{x:.3f}, model %{y:.3f}<extra>%{fullData.name}</extra>",
-            )
-            fig.add_trace(scatter, 2, columns)
+    for pairs in view.pairs:
+        scatter = go.Scatter(
+            x=pairs.x,
+            y=pairs.y,
+            mode="markers",
+            name=f"{ptext(pairs.model)} vs {ptext(view.reference)} cosines",
+            marker={"size": 4, "color": pairs.colour, "opacity": 0.5},
+            hovertemplate="reference %{x:.3f}, model %{y:.3f}<extra>%{fullData.name}</extra>",
+        )
+        fig.add_trace(scatter, 2, columns)
     diagonal = go.Scatter(
         x=[low, high], y=[low, high], mode="lines", line={"color": "black", "width": 1}, showlegend=False
     )
     fig.add_trace(diagonal, 2, columns)
-    fig.update_xaxes(title_text=f"{ptext(data.reference.name)} cosine", row=2, col=columns)
+    fig.update_xaxes(title_text=f"{ptext(view.reference)} cosine", row=2, col=columns)
     fig.update_yaxes(title_text="model cosine", row=2, col=columns)
-    fig.update_yaxes(range=list(bar_limits(drawn)), row=1, col=1)
-    note = left_out_note(data)
-    if note:
+    fig.update_yaxes(range=list(view.limits), row=1, col=1)
+    if view.note:
         fig.add_annotation(
-            text=ptext(note), xref="paper", yref="paper", x=0, y=-0.08, showarrow=False, xanchor="left"
+            text=ptext(view.note), xref="paper", yref="paper", x=0, y=-0.08, showarrow=False, xanchor="left"
         )
     fig.update_layout(barmode="group", height=int(FIGURE_HEIGHT * 1.4))
     return fig
 
 
-def build_tsne(data: ReportData) -> go.Figure:
-    fig = make_subplots(1, len(data.models), subplot_titles=_model_titles(data))
-    for column, model in enumerate(data.models, start=1):
-        for modality in MODALITIES:
-            tsne = model.tsne[modality]
-            fig.add_trace(_points(data, model, modality, tsne["points"], tsne["rows"], True), 1, column)
+def build_tsne(view: TsneView) -> go.Figure:
+    fig = make_subplots(1, len(view.panels), subplot_titles=[ptext(panel.title) for panel in view.panels])
+    for column, panel in enumerate(view.panels, start=1):
+        for points in panel.points:
+            fig.add_trace(_points(points), 1, column)
         fig.update_xaxes(showticklabels=False, row=1, col=column)
         fig.update_yaxes(showticklabels=False, row=1, col=column)
     return fig
 
 
-BUILD: dict[str, Callable[[ReportData], go.Figure]] = {
+BUILD: dict[str, Callable[[object], go.Figure]] = {
     "ellipsoids": build_ellipsoids,
     "shell": build_shell,
     "spectra": build_spectra,
@@ -435,11 +377,12 @@ def least_conforming(data: ReportData, count: int = 5) -> str:
     )
 
 
-def render_page(data: ReportData) -> str:
-    """The whole report page; plotly.js is inlined once, by the first figure."""
+def render_page(data: ReportData, views: dict[FigureInfo, object]) -> str:
+    """The whole report page of ``data`` with the figures of ``views`` (from
+    :func:`lakd.report.views.figure_views`); plotly.js is inlined once, by the first figure."""
     metrics, sections = data.meta, []
-    for number, info in enumerate(data.figures()):
-        fig = BUILD[info.name](data)
+    for number, (info, view) in enumerate(views.items()):
+        fig = BUILD[info.name](view)
         fig.update_layout(
             height=fig.layout.height or FIGURE_HEIGHT,
             template="plotly_white",
