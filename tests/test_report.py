@@ -24,13 +24,20 @@ from lakd.errors import LakdError
 from lakd.eval.inputs import write_embeddings
 from lakd.report import ReportConfig, geometry_report, report_summary
 from lakd.report.figures import DRAW, pixel_size, save_figure
-from lakd.report.html import BUILD, _hover_data, build_alignment, render_page, summary_table
+from lakd.report.html import (
+    BUILD,
+    _hover_data,
+    build_alignment,
+    build_conformity_distributions,
+    render_page,
+    summary_table,
+)
 from lakd.report.inputs import REPORT_FORMAT, ModelInput
 from lakd.report.pairwise import SIMILARITY_PANELS, alignment_view, bar_limits
 from lakd.report.points import ReportData
 from lakd.report.series import spectrum_values
 from lakd.report.table import legend_text, summary_rows, verdict
-from lakd.report.views import FIGURES, VIEWS, figure_views
+from lakd.report.views import FIGURES, VIEWS, distributions_view, figure_views
 
 N = 80
 EVIL = '<script>window.__pwned = 1</script> & <b>"bold"</b>'
@@ -432,6 +439,14 @@ def test_alignment_figure_says_which_models_it_leaves_out(pair, tmp_path):
     assert notes and "extra2, extra3" in notes[0] and "extra1" not in notes[0]
     info = next(info for info in FIGURES if info.name == "alignment")
     assert save_figure(info, alignment_view(many), tmp_path).is_file()
+
+
+def test_conformity_distributions_name_the_kl_in_both_renderers(pair):
+    view = distributions_view(CAPTURED["pair"])
+    kl = metrics_of(pair)["results"]["student"]["cross_modal"]["image_vs_text"]["conformity"]
+    assert view.panels[1].kl == kl["kl_within_conformity"]["kl"]
+    titles = [a.text for a in build_conformity_distributions(view).layout.annotations]
+    assert titles[1] == f"student (student, d=24){view.panels[1].kl_note}" and "KL(img||txt) = " in titles[1]
 
 
 def test_spectra_stop_at_the_numerical_rank():

@@ -170,7 +170,8 @@ def build_conformity_vs_cosine(view: ConformityView) -> go.Figure:
 
 
 def build_conformity_distributions(view: DistributionsView) -> go.Figure:
-    fig = make_subplots(1, len(view.panels), subplot_titles=[ptext(panel.title) for panel in view.panels])
+    titles = [f"{ptext(panel.title)}{panel.kl_note}" for panel in view.panels]
+    fig = make_subplots(1, len(view.panels), subplot_titles=titles)
     for column, panel in enumerate(view.panels, start=1):
         for steps in panel.steps:
             name = f"{ptext(steps.model)} {steps.modality} (mean {format_value(steps.mean)})"
