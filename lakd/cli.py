@@ -425,7 +425,7 @@ def geometry_report_command(
     data_flags: DataFlags | None = None,
 ) -> None:
     """Geometry report of one or more models: report.html, figures/*.png, metrics.json, metrics.csv."""
-    from lakd.analysis.report import ReportConfig, geometry_report, report_summary
+    from lakd.report import ReportConfig, geometry_report, report_summary
 
     cfg = ReportConfig(
         out=str(out),

@@ -45,13 +45,13 @@ def _fresh_output(out: Path) -> None:
 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Run the demo and return the paths it wrote, by name."""
-    from lakd.analysis.report import ReportConfig, geometry_report, report_summary
     from lakd.data.shapes import export_shapes
     from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
     from lakd.eval import EvalConfig, evaluate
     from lakd.eval.results import format_summary
     from lakd.models import ModelSpec, load_model, save_checkpoint
     from lakd.models.embed import EmbedConfig, embed
+    from lakd.report import ReportConfig, geometry_report, report_summary
 
     out = Path(cfg.out)
     _fresh_output(out)

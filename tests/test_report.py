@@ -15,18 +15,28 @@ import pytest
 import torch
 from PIL import Image
 
-import lakd.analysis.report.build as build
 import lakd.models.embed
+import lakd.report.build as build
 from lakd.analysis import AnalysisConfig, GeometryResult, analyze
-from lakd.analysis.report import ReportConfig, geometry_report, report_summary
-from lakd.analysis.report.figures import DRAW, SIMILARITY_PANELS, bar_limits, pixel_size, save_figure
-from lakd.analysis.report.html import BUILD, _hover_data, build_alignment, render_page, summary_table
-from lakd.analysis.report.inputs import REPORT_FORMAT, ModelInput
-from lakd.analysis.report.table import legend_text, summary_rows, verdict
-from lakd.analysis.report.views import FIGURES, ReportData, spectrum_values
 from lakd.cli import main
 from lakd.data.store import EmbeddingStore, write_store
 from lakd.errors import LakdError
+from lakd.report import ReportConfig, geometry_report, report_summary
+from lakd.report.figures import DRAW, pixel_size, save_figure
+from lakd.report.html import (
+    BUILD,
+    _hover_data,
+    build_alignment,
+    build_conformity_distributions,
+    render_page,
+    summary_table,
+)
+from lakd.report.inputs import REPORT_FORMAT, ModelInput
+from lakd.report.pairwise import SIMILARITY_PANELS, alignment_view, bar_limits
+from lakd.report.points import ReportData
+from lakd.report.series import spectrum_values
+from lakd.report.table import legend_text, summary_rows, verdict
+from lakd.report.views import FIGURES, VIEWS, distributions_view, figure_views
 
 N = 80
 EVIL = '<script>window.__pwned = 1</script> & <b>"bold"</b>'
@@ -80,9 +90,9 @@ def pair(stores, tmp_path_factory) -> Path:
     """The teacher-vs-student report; its ReportData is kept in CAPTURED["pair"]."""
     out = tmp_path_factory.mktemp("pair") / "report"
 
-    def capture(data):
+    def capture(data, views):
         CAPTURED["pair"] = data
-        return render_page(data)
+        return render_page(data, views)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(build, "render_page", capture)
@@ -100,8 +110,34 @@ def metrics_of(report: Path) -> dict:
 
 
 def test_both_renderers_draw_every_figure():
-    assert set(DRAW) == set(BUILD) == {info.name for info in FIGURES}
+    assert set(DRAW) == set(BUILD) == set(VIEWS) == {info.name for info in FIGURES}
     assert len(FIGURES) == 8
+
+
+def test_both_renderers_draw_each_figure_from_one_view(pair, tmp_path, monkeypatch):
+    """The views are built once per report; the PNG and the HTML of a figure get the same object."""
+    data = CAPTURED["pair"]
+    received: dict[str, dict] = {"png": {}, "html": {}}
+    for kind, registry in (("png", DRAW), ("html", BUILD)):
+        for name, render in list(registry.items()):
+
+            def record(*args, kind=kind, name=name, render=render):
+                received[kind][name] = args[-1]
+                return render(*args)
+
+            monkeypatch.setitem(registry, name, record)
+    built = []
+
+    def build_once(report):
+        built.append(figure_views(report))
+        return built[-1]
+
+    monkeypatch.setattr(build, "figure_views", build_once)
+    build.write_report(ReportData(data.models, data.labels, dict(data.meta)), tmp_path)
+    assert len(built) == 1
+    assert list(built[0]) == list(FIGURES)
+    for info, view in built[0].items():
+        assert received["png"][info.name] is view and received["html"][info.name] is view, info.name
 
 
 def test_two_model_report_writes_every_file(pair):
@@ -350,14 +386,14 @@ def test_html_summary_leaves_dimension_dependent_cells_uncoloured(pair):
 
 def test_hover_text_keeps_quotes_and_escapes_tags(pair):
     data = CAPTURED["pair"]
-    item_id, caption = _hover_data(data, "image", np.array([0]))[0]
+    item_id, caption = _hover_data(data.label("image", np.array([0])))[0]
     assert item_id == "item-000"
     assert caption == '&lt;script&gt;window.__pwned = 1&lt;/script&gt; &amp; &lt;b&gt;"bold"&lt;/b&gt;'
 
 
 def test_alignment_figure_shares_one_colour_scale_and_compares_pairs(pair):
     data = CAPTURED["pair"]
-    fig = build_alignment(data)
+    fig = build_alignment(alignment_view(data))
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert len(heatmaps) == 2 and len({(t.zmin, t.zmax) for t in heatmaps}) == 1
     assert [bool(t.showscale) for t in heatmaps] == [True, False]
@@ -379,14 +415,14 @@ def test_alignment_bars_show_negative_values_and_mark_missing_ones(pair, tmp_pat
     alignment["similarity_spearman"]["rho"] = -0.3
     del alignment["knn_overlap"]
     changed = ReportData(models=[data.reference, student], labels=data.labels, meta=data.meta)
-    fig = build_alignment(changed)
+    fig = build_alignment(alignment_view(changed))
     image_bars = next(t for t in fig.data if t.type == "bar" and t.name.endswith("image"))
     labels = list(image_bars.x)
     assert image_bars.text[labels.index("k-NN overlap")] == "n/a"
     assert image_bars.y[labels.index("similarity rho")] == pytest.approx(-0.3)
     assert fig.layout.yaxis.range[0] < -0.3
     info = next(info for info in FIGURES if info.name == "alignment")
-    assert save_figure(info, changed, tmp_path).stat().st_size > 10_000
+    assert save_figure(info, alignment_view(changed), tmp_path).stat().st_size > 10_000
 
 
 def test_alignment_figure_says_which_models_it_leaves_out(pair, tmp_path):
@@ -396,12 +432,20 @@ def test_alignment_figure_says_which_models_it_leaves_out(pair, tmp_path):
         for i in range(SIMILARITY_PANELS)
     ]
     many = ReportData(models=[data.reference, data.others[0], *extra], labels=data.labels, meta=data.meta)
-    fig = build_alignment(many)
+    fig = build_alignment(alignment_view(many))
     assert sum(t.type == "heatmap" for t in fig.data) == SIMILARITY_PANELS
     notes = [a.text for a in fig.layout.annotations if "left out" in a.text]
     assert notes and "extra2, extra3" in notes[0] and "extra1" not in notes[0]
     info = next(info for info in FIGURES if info.name == "alignment")
-    assert save_figure(info, many, tmp_path).is_file()
+    assert save_figure(info, alignment_view(many), tmp_path).is_file()
+
+
+def test_conformity_distributions_name_the_kl_in_both_renderers(pair):
+    view = distributions_view(CAPTURED["pair"])
+    kl = metrics_of(pair)["results"]["student"]["cross_modal"]["image_vs_text"]["conformity"]
+    assert view.panels[1].kl == kl["kl_within_conformity"]["kl"]
+    titles = [a.text for a in build_conformity_distributions(view).layout.annotations]
+    assert titles[1] == f"student (student, d=24){view.panels[1].kl_note}" and "KL(img||txt) = " in titles[1]
 
 
 def test_spectra_stop_at_the_numerical_rank():

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lakd.analysis.report import ReportConfig, geometry_report
 from lakd.data.store import write_store
+from lakd.report import ReportConfig, geometry_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -1,4 +1,5 @@
-"""The per-point data behind the report's figures, computed once and drawn twice (PNG and HTML).
+"""The per-point data behind the report's figures, computed once per model (views of each figure:
+:mod:`lakd.report.views`).
 
 For each model and modality one streamed pass (:func:`lakd.analysis.passes.first_pass`) gives the
 full-data mean, covariance and mean of the normalised rows plus a seeded reservoir sample of rows.
@@ -28,9 +29,9 @@ from lakd.analysis.conformity import conformity_given_sum, cosine_to_vector
 from lakd.analysis.inputs import normalise_rows
 from lakd.analysis.moments import Moments, sorted_eigh
 from lakd.analysis.passes import Embeddings, first_pass
-from lakd.analysis.report.inputs import ModelInput, RowLabels
+from lakd.report.inputs import ModelInput, RowLabels
 
-# one colour per model (matplotlib's tab10, in order); solid lines for image, dashed for text
+# one colour per model (matplotlib's tab10, in order)
 MODEL_COLOURS = (
     "#1f77b4",
     "#ff7f0e",
@@ -43,81 +44,10 @@ MODEL_COLOURS = (
     "#bcbd22",
     "#17becf",
 )
-MPL_LINESTYLES = {"image": "-", "text": "--"}
-PLOTLY_DASHES = {"image": "solid", "text": "dash"}
 
 
 def model_colour(index: int) -> str:
     return MODEL_COLOURS[index % len(MODEL_COLOURS)]
-
-
-@dataclass(frozen=True)
-class FigureInfo:
-    """One figure of the report, drawn as ``figures/<name>.png`` and as an interactive plotly figure.
-    ``size`` is the PNG size in inches (at :data:`DPI`); ``pairwise`` figures need a reference and at
-    least one other model."""
-
-    name: str
-    title: str
-    caption: str
-    size: tuple[float, float] = (7.0, 4.2)
-    pairwise: bool = False
-
-
-DPI = 150
-FIGURES: tuple[FigureInfo, ...] = (
-    FigureInfo(
-        "ellipsoids",
-        "Double ellipsoid",
-        "Raw embeddings projected on the gap direction and the top orthogonal principal axis of the pooled "
-        "data, with each modality's 1- and 2-sigma ellipses (full-data covariance) and the origin [DE].",
-    ),
-    FigureInfo(
-        "shell",
-        "Thin shell",
-        "Histograms of ||x|| and ||x - mu||, each divided by its mean so models of any scale share an "
-        "axis; a narrow peak is a thin shell [DE].",
-    ),
-    FigureInfo(
-        "spectra",
-        "Eigen-spectra",
-        "Covariance eigenvalues as a fraction of the total variance (log scale), up to the numerical rank "
-        "(smaller ones are float noise); dotted vertical lines mark each model's effective rank "
-        "exp(entropy of the normalised eigenvalues).",
-    ),
-    FigureInfo(
-        "conformity_vs_cosine",
-        "Conformity vs cos(x, mu)",
-        "Per-item conformity (mean cosine to the rest of the set) against the cosine to the modality mean, "
-        "with the least-squares line fitted on all items and its Pearson r [DE].",
-    ),
-    FigureInfo(
-        "conformity_distributions",
-        "Conformity distributions",
-        "Conformity of images and texts per model, with the histogram KL(image || text) [DE].",
-    ),
-    FigureInfo(
-        "normality",
-        "Normality after whitening",
-        "Share of whitened coordinates passing Anderson-Darling (statistic < 0.752) and D'Agostino-Pearson "
-        "(p > 0.05); Gaussian data passes about 95%. Right: normal QQ plots of sampled coordinates [WC].",
-    ),
-    FigureInfo(
-        "alignment",
-        "Alignment with the reference",
-        "Linear CKA, mutual k-NN overlap, Spearman correlation of the similarity matrices, top-1 retrieval "
-        "agreement and 1 - Procrustes residual (all: higher = closer; n/a: not computed), cosine-similarity "
-        "matrices of the same images in each model on one shared colour scale, and each model's cosines "
-        "against the reference's for the same image pairs (on the diagonal: the same similarity).",
-        size=(7.0, 5.6),
-        pairwise=True,
-    ),
-    FigureInfo(
-        "tsne",
-        "t-SNE",
-        "t-SNE (scikit-learn) of the same sampled items in every model: images filled, texts hollow.",
-    ),
-)
 
 
 @dataclass
@@ -189,36 +119,6 @@ def gap_projection(views: dict[str, ModalityView]) -> Projection:
         projection.means[modality] = view.moments.mean @ axes
         projection.covariances[modality] = axes.T @ view.moments.covariance @ axes
     return projection
-
-
-def ellipse_outline(mean: np.ndarray, covariance: np.ndarray, sigmas: float, points: int = 120) -> np.ndarray:
-    """Points [points, 2] on the ``sigmas``-sigma ellipse of a 2-D Gaussian (mean [2], covariance [2, 2])."""
-    values, vectors = np.linalg.eigh(covariance)
-    angle = np.linspace(0.0, 2.0 * np.pi, points)
-    circle = np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return mean + sigmas * (circle * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-
-
-def histogram_density(histogram: dict, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """``(density [bins], edges [bins + 1])`` of a ``{"counts", "edges"}`` histogram from a
-    GeometryResult, with the values divided by ``scale`` (so the density is multiplied by it)."""
-    counts, edges = np.asarray(histogram["counts"], float), np.asarray(histogram["edges"], float)
-    widths = np.diff(edges)
-    total = counts.sum()
-    density = counts / (total * np.where(widths > 0, widths, 1.0)) if total else counts
-    return density * scale, edges / scale
-
-
-def spectrum_values(spectrum: dict, floor: float = 1e-12) -> tuple[np.ndarray, int]:
-    """Descending eigenvalues of a GeometryResult spectrum as fractions of the total variance, only
-    up to its ``numerical_rank`` and above ``floor`` (the rest is float noise that would fill a log
-    axis) [r], and the dimension d."""
-    values = np.asarray(spectrum["eigenvalues"], dtype=float) / spectrum["total_variance"]
-    count = int(np.count_nonzero(values > floor))
-    rank = spectrum.get("numerical_rank")
-    if isinstance(rank, int):
-        count = min(count, rank)
-    return values[:count], len(values)
 
 
 def conformity_points(view: ModalityView) -> dict[str, np.ndarray]:
@@ -307,8 +207,8 @@ def model_data(
 
 @dataclass
 class ReportData:
-    """What both renderers read: the models (reference first), row labels for hover text, and the
-    run's description (``meta``: data, N, text view, samples, seeds, alignment note)."""
+    """Everything a report shows: the models (reference first), row labels (ids and captions), and
+    the run's description (``meta``: data, N, text view, samples, seeds, alignment note)."""
 
     models: list[ModelData]
     labels: dict[str, RowLabels]
@@ -321,10 +221,6 @@ class ReportData:
     @property
     def others(self) -> list[ModelData]:
         return self.models[1:]
-
-    def figures(self) -> list[FigureInfo]:
-        """The figures this report draws (pairwise ones only with two or more models)."""
-        return [info for info in FIGURES if not info.pairwise or self.others]
 
     def label(self, modality: str, rows: np.ndarray) -> list[tuple[str, str]]:
         """``(id, caption)`` of each row number of one modality."""

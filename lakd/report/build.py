@@ -16,9 +16,13 @@ from pathlib import Path
 
 from lakd import __version__
 from lakd.analysis.analyze import AnalysisConfig, analyze
-from lakd.analysis.report.figures import save_figures
-from lakd.analysis.report.html import render_page
-from lakd.analysis.report.inputs import (
+from lakd.data import SourceOptions
+from lakd.data.store import EmbeddingStore
+from lakd.errors import LakdError
+from lakd.io import atomic_dir, atomic_path, write_json, write_text
+from lakd.report.figures import save_figures
+from lakd.report.html import render_page
+from lakd.report.inputs import (
     CACHE_DIR,
     MODALITIES,
     REPORT_FORMAT,
@@ -33,12 +37,9 @@ from lakd.analysis.report.inputs import (
     reuse_cache,
     row_labels,
 )
-from lakd.analysis.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
-from lakd.analysis.report.views import ReportData, modality_view, model_data
-from lakd.data import SourceOptions
-from lakd.data.store import EmbeddingStore
-from lakd.errors import LakdError
-from lakd.io import atomic_dir, atomic_path, write_json, write_text
+from lakd.report.points import ReportData, modality_view, model_data
+from lakd.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
+from lakd.report.views import figure_views
 
 TEXT_VIEW_DESCRIPTIONS = {"paired": "each item's first caption", "all": "every caption"}
 
@@ -134,12 +135,13 @@ def geometry_report(cfg: ReportConfig) -> Path:
 def write_report(report: ReportData, folder: Path) -> None:
     """``figures/*.png``, ``metrics.json``, ``metrics.csv`` and ``report.html`` of ``report`` into ``folder``."""
     meta = report.meta
-    meta["figures"] = [str(path.relative_to(folder)) for path in save_figures(report, folder / "figures")]
+    views = figure_views(report)  # one view per figure, drawn by both renderers
+    meta["figures"] = [str(path.relative_to(folder)) for path in save_figures(views, folder / "figures")]
     write_json(folder / "metrics.json", meta)
     roles = {model["name"]: model["role"] for model in meta["models"]}
     with atomic_path(folder / "metrics.csv") as path:
         metrics_frame(meta["results"], roles).to_csv(path, index=False)
-    write_text(folder / "report.html", render_page(report))
+    write_text(folder / "report.html", render_page(report, views))
 
 
 def assemble(

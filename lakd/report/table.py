@@ -1,8 +1,9 @@
 """Tables of a geometry report: the summary (reference vs others, deltas, towards/away verdicts),
 ``metrics.csv`` (every scalar, one row per model x modality, pandas) and the terminal text.
 
-The summary lists the metrics of :data:`SUMMARY_METRICS`, read from each model's GeometryResult
-dict. Each metric has its own :class:`Closeness` rule (in :data:`RULES`): relative for scale
+The summary lists the metrics of :data:`lakd.analysis.result.METRICS` (labels, paths and closeness
+rules live there, beside the result they describe), read from each model's GeometryResult dict.
+Each metric has its own closeness rule (:data:`~lakd.analysis.result.RULES`): relative for scale
 metrics, percentage points for pass rates, absolute for cosines, and 1 - r on a log scale for the
 conformity fit's Pearson r. Each value is compared with the reference's (the teacher):
 ``delta`` = value - reference, and the verdict says whether a model sits *towards* or *away from* it:
@@ -23,159 +24,12 @@ rank, anisotropy) get no delta when the dimensions differ.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from lakd.analysis.report.inputs import MODALITIES
-
-PAIR = "image_vs_text"
-
-
-def _relative(value: float, target: float) -> float:
-    if value == target:
-        return 0.0
-    return abs(value - target) / abs(target) if target else math.inf
-
-
-def _absolute(value: float, target: float) -> float:
-    return abs(value - target)
-
-
-def _log_one_minus(value: float, target: float, floor: float = 1e-9) -> float:
-    """|log10((1 - value) / (1 - target))|: how many decades apart two correlations near 1 are."""
-    return abs(math.log10(max(1.0 - value, floor)) - math.log10(max(1.0 - target, floor)))
-
-
-@dataclass(frozen=True)
-class Closeness:
-    """How far a value is from the reference's (``distance(value, target)``), how far still matches
-    (``tolerance``), and the rule in words for the report's legend."""
-
-    words: str
-    distance: Callable[[float, float], float]
-    tolerance: float
-
-
-RULES: dict[str, Closeness] = {
-    "relative": Closeness("within 10% of the reference value", _relative, 0.10),
-    "points": Closeness("within 5 percentage points", _absolute, 0.05),
-    "cosine": Closeness("within 0.05 (absolute)", _absolute, 0.05),
-    "pearson_r": Closeness(
-        "1 - r within a factor of 2 of the reference's (compared on a log scale)",
-        _log_one_minus,
-        math.log10(2.0),
-    ),
-}
-# alignment metrics: which direction is better aligned with the reference
-BETTER = {"higher": 1.0, "lower": -1.0}
-
-
-@dataclass(frozen=True)
-class SummaryMetric:
-    """One row family of the summary: ``path`` into a GeometryResult dict (``{m}`` = modality),
-    per modality when ``per_modality``; ``percent`` formats as %, ``dim_free`` says whether models of
-    different dimension can be compared, ``rule`` names its :data:`RULES` entry; alignment metrics
-    have no reference value and say which direction is ``better`` instead; ``key`` puts the row in
-    the terminal summary."""
-
-    label: str
-    path: tuple[str, ...]
-    per_modality: bool = True
-    percent: bool = False
-    dim_free: bool = True
-    rule: str = "relative"
-    better: str | None = None
-    key: bool = False
-
-
-SUMMARY_METRICS: tuple[SummaryMetric, ...] = (
-    SummaryMetric("offset ratio", ("modalities", "{m}", "ellipsoid", "offset_ratio"), key=True),
-    SummaryMetric(
-        "eff. rank",
-        ("modalities", "{m}", "ellipsoid", "spectrum", "effective_rank"),
-        dim_free=False,
-        key=True,
-    ),
-    SummaryMetric(
-        "eff. rank / dim", ("modalities", "{m}", "ellipsoid", "spectrum", "effective_rank_fraction")
-    ),
-    SummaryMetric("anisotropy", ("modalities", "{m}", "ellipsoid", "spectrum", "anisotropy"), dim_free=False),
-    SummaryMetric("tilt (off-diag. mass)", ("modalities", "{m}", "ellipsoid", "tilt", "off_diagonal_mass")),
-    SummaryMetric("shell CV ||x - mu||", ("modalities", "{m}", "shell", "centred", "cv")),
-    SummaryMetric("norm CV ||x||", ("modalities", "{m}", "shell", "raw", "cv")),
-    SummaryMetric(
-        "conformity mean", ("modalities", "{m}", "conformity", "distribution", "mean"), rule="cosine"
-    ),
-    SummaryMetric(
-        "conformity r",
-        ("modalities", "{m}", "conformity", "fit_vs_cosine_to_mean", "pearson_r"),
-        rule="pearson_r",
-        key=True,
-    ),
-    SummaryMetric(
-        "AD pass (whitened)",
-        ("modalities", "{m}", "normality", "anderson_darling", "pass_rate"),
-        percent=True,
-        rule="points",
-        key=True,
-    ),
-    SummaryMetric(
-        "DP pass (whitened)",
-        ("modalities", "{m}", "normality", "dagostino_pearson", "pass_rate"),
-        percent=True,
-        rule="points",
-    ),
-    SummaryMetric("modality gap", ("cross_modal", PAIR, "gap", "gap_norm"), per_modality=False, key=True),
-    SummaryMetric(
-        "cos(mu_img, mu_txt)",
-        ("cross_modal", PAIR, "ellipsoid", "mean_cosine"),
-        per_modality=False,
-        rule="cosine",
-    ),
-    SummaryMetric(
-        "conformity KL img||txt",
-        ("cross_modal", PAIR, "conformity", "kl_within_conformity", "kl"),
-        per_modality=False,
-    ),
-    SummaryMetric(
-        "img/txt separability",
-        ("cross_modal", PAIR, "separability", "cv_accuracy"),
-        per_modality=False,
-        percent=True,
-        rule="points",
-    ),
-    SummaryMetric("CKA to reference", ("alignment", "{m}", "linear_cka"), better="higher", key=True),
-    SummaryMetric("k-NN overlap", ("alignment", "{m}", "knn_overlap"), better="higher"),
-    SummaryMetric("Procrustes residual", ("alignment", "{m}", "procrustes_residual"), better="lower"),
-    SummaryMetric("similarity Spearman", ("alignment", "{m}", "similarity_spearman", "rho"), better="higher"),
-    SummaryMetric("top-1 agreement", ("alignment", "{m}", "retrieval_agreement"), better="higher"),
-    SummaryMetric(
-        "img->txt top-1 agreement",
-        ("alignment", PAIR, "retrieval_agreement"),
-        per_modality=False,
-        better="higher",
-    ),
-)
-
-
-def lookup(result: dict, path: tuple[str, ...]) -> float | None:
-    """The number at ``path`` in a GeometryResult dict; None when absent, skipped or not a number.
-    ``effective_rank_fraction`` is derived: effective rank / dimension."""
-    if path[-1] == "effective_rank_fraction":
-        rank = lookup(result, (*path[:-1], "effective_rank"))
-        dim = lookup(result, ("modalities", path[1], "dim"))
-        return None if rank is None or not dim else rank / dim
-    value: Any = result
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+from lakd.analysis.result import BETTER, METRICS, RULES, MetricInfo
+from lakd.report.inputs import MODALITIES
 
 
 def verdict(
@@ -207,7 +61,7 @@ def alignment_verdict(value: float | None, baseline: float | None, better: str) 
 
 
 def _row_verdicts(
-    metric: SummaryMetric, values: dict, reference: str, others: list[str], comparable: bool
+    metric: MetricInfo, values: dict, reference: str, others: list[str], comparable: bool
 ) -> tuple[dict, dict]:
     """Deltas and verdicts of the non-reference models of one row (see the module doc)."""
     baseline = others[0] if len(others) >= 2 else None
@@ -227,7 +81,8 @@ def _row_verdicts(
 
 
 def summary_rows(results: dict[str, dict], dims: dict[str, int]) -> list[dict]:
-    """Summary rows from GeometryResult dicts by model name (reference first): ``label``, ``modality``,
+    """Summary rows from GeometryResult dicts by model name (reference first): ``name`` (as in
+    :meth:`GeometryResult.scalars`, e.g. ``image.offset_ratio``), ``label``, ``modality``,
     ``percent``, ``values``, ``deltas`` and ``verdicts`` (dicts by model name; the reference has no
     delta or verdict; alignment rows take deltas against the baseline), ``rule`` and ``note`` (why
     models could not be compared, or what an alignment delta is taken against)."""
@@ -235,10 +90,9 @@ def summary_rows(results: dict[str, dict], dims: dict[str, int]) -> list[dict]:
     reference, others = names[0], names[1:]
     baseline = others[0] if len(others) >= 2 else None
     rows = []
-    for metric in SUMMARY_METRICS:
+    for metric in METRICS:
         for modality in MODALITIES if metric.per_modality else (None,):
-            path = tuple(part.replace("{m}", modality or "") for part in metric.path)
-            values = {name: lookup(results[name], path) for name in names}
+            values = {name: metric.value(results[name], modality) for name in names}
             if metric.better is not None:
                 values[reference] = None
             if all(v is None for v in values.values()):
@@ -250,6 +104,7 @@ def summary_rows(results: dict[str, dict], dims: dict[str, int]) -> list[dict]:
                 note = f"alignment with {reference}; delta against {baseline}, {metric.better} is better"
             rows.append(
                 {
+                    "name": metric.scalar_name(modality),
                     "label": metric.label,
                     "modality": modality or "",
                     "percent": metric.percent,
@@ -271,7 +126,7 @@ def legend_text(names: list[str]) -> str:
         return "One model: no comparison, no colours."
     reference, others = names[0], names[1:]
     groups: dict[str, list[str]] = {}
-    for metric in SUMMARY_METRICS:
+    for metric in METRICS:
         if metric.better is None:
             groups.setdefault(metric.rule, []).append(metric.label)
     rules = "; ".join(f"{', '.join(labels)}: {RULES[rule].words}" for rule, labels in groups.items())
