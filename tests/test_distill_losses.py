@@ -12,6 +12,9 @@ from scipy.stats import special_ortho_group
 
 import lakd.analysis as analysis
 from lakd.analysis import fit_whitening
+from lakd.analysis.alignment import linear_cka_torch
+from lakd.analysis.conformity import conformity_torch
+from lakd.analysis.shell import shell_statistics_torch
 from lakd.data.store import ShardData, StoreSpec, StoreWriter
 from lakd.distill import (
     MODALITIES,
@@ -24,7 +27,7 @@ from lakd.distill import (
     build_loss,
     infonce_gradients,
 )
-from lakd.distill.geometry import batch_conformity, shell_statistics
+from lakd.distill.geometry import SHELL_EPS
 from lakd.errors import LakdError
 from lakd.whiten import WhitenFitConfig, fit_store_whitening
 
@@ -314,18 +317,20 @@ def test_learned_logit_scales_are_capped_at_100():
 def test_torch_conformity_matches_the_analysis_implementation():
     x = torch.randn(20, 7, dtype=torch.float64) + 1.0
     expected = analysis.conformity(x.numpy())
-    np.testing.assert_allclose(batch_conformity(F.normalize(x, dim=-1)).numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(conformity_torch(F.normalize(x, dim=-1)).numpy(), expected, rtol=1e-10)
 
 
 def test_shell_statistics_match_the_analysis_definitions():
     x = torch.randn(50, 6, dtype=torch.float64) * torch.linspace(1, 3, 6) + 2.0
-    ratio, centred_cv, raw_cv = shell_statistics(x, eps=0.0).tolist()
+    ratio, centred_cv, raw_cv = shell_statistics_torch(x, eps=0.0).tolist()
     shell = analysis.thin_shell(x.numpy())
     assert ratio == pytest.approx(analysis.offset_ratio(x.numpy()), rel=1e-10)
     assert centred_cv == pytest.approx(shell["centred"]["cv"], rel=1e-10)
     assert raw_cv == pytest.approx(shell["raw"]["cv"], rel=1e-10)
-    # the default epsilon barely moves them on real (non-collapsed) features
-    np.testing.assert_allclose(shell_statistics(x).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-4)
+    # the loss's epsilon barely moves them on real (non-collapsed) features
+    np.testing.assert_allclose(
+        shell_statistics_torch(x, SHELL_EPS).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("row", [torch.linspace(-1.0, 2.0, TEACHER_DIM), torch.zeros(TEACHER_DIM)])
@@ -338,7 +343,7 @@ def test_shell_is_finite_on_a_collapsed_batch_of_identical_rows(row, collapsed):
         batch.student_text = (same + 1.0).requires_grad_()
     else:
         batch.teacher_image, batch.teacher_text = same, same - 1.0
-    assert torch.isfinite(shell_statistics(same)).all()
+    assert torch.isfinite(shell_statistics_torch(same, SHELL_EPS)).all()
     value = build("shell")(batch)
     assert torch.isfinite(value) and value.item() > 0
     value.backward()
@@ -347,20 +352,20 @@ def test_shell_is_finite_on_a_collapsed_batch_of_identical_rows(row, collapsed):
 
 
 def test_shell_collapse_bound_and_bad_eps():
-    ratio, centred_cv, raw_cv = shell_statistics(torch.ones(8, 5) * 3.0, eps=1e-6).tolist()
+    ratio, centred_cv, raw_cv = shell_statistics_torch(torch.ones(8, 5) * 3.0, eps=1e-6).tolist()
     assert ratio == pytest.approx(1e3, rel=1e-3) and centred_cv == pytest.approx(1e-3, rel=1e-2)
     assert raw_cv == pytest.approx(1e-3, rel=1e-2)
     with pytest.raises(LakdError, match="eps"):
         build("shell", eps=0.0)
 
 
-def test_torch_cka_matches_the_numpy_path_and_is_differentiable():
+def test_torch_cka_matches_the_analysis_metric_and_is_differentiable():
     x, y = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 9, dtype=torch.float64)
     y[:, :5] += x
     x.requires_grad_(True)
-    value = analysis.linear_cka(x, y)
-    assert isinstance(value, torch.Tensor)
+    value = linear_cka_torch(x, y)
     assert value.item() == pytest.approx(analysis.linear_cka(x.detach().numpy(), y.numpy()), rel=1e-10)
+    assert analysis.linear_cka(x, y) == pytest.approx(value.item(), rel=1e-12)  # tensors in: a float
     value.backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 

@@ -3,7 +3,8 @@
 - relational, ``method="kl"``: per modality, the row-softmax of the within-batch cosine
   similarities divided by ``temperature`` (self-similarity excluded), KL(teacher || student),
   mean over rows. ``method="cka"``: 1 - linear CKA of the raw (centred) student and teacher
-  features (Kornblith et al., ICML 2019), through :func:`lakd.analysis.linear_cka` on tensors.
+  features (Kornblith et al., ICML 2019), :func:`lakd.analysis.alignment.linear_cka_torch` (the
+  definition behind the ``linear_cka`` metric).
   Both compare N x N structures, so student and teacher dims may differ (no heads involved).
 - rise_relative [RISE] (Huang et al., ICCV 2023): relative distances to text anchors. For each
   item, p = softmax(cos(x, a_k) / temperature) over K text anchors a_k in the teacher's space
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lakd.analysis.alignment import linear_cka
+from lakd.analysis.alignment import linear_cka_torch
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.logits import softmax_kl
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
@@ -49,7 +50,7 @@ def relational_kl(batch: DistillBatch, modality: str, temperature: float) -> tor
 
 
 def relational_cka(batch: DistillBatch, modality: str, temperature: float) -> torch.Tensor:
-    return 1 - linear_cka(batch.student(modality), batch.teacher(modality, "relational"))
+    return 1 - linear_cka_torch(batch.student(modality), batch.teacher(modality, "relational"))
 
 
 RELATIONAL_METHODS = {"kl": relational_kl, "cka": relational_cka}
