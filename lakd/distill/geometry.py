@@ -63,10 +63,15 @@ def conformity_against_batch(
 def conformity_against_running_mean(
     x_hat: torch.Tensor, running: RunningMean, training: bool
 ) -> torch.Tensor:
-    """x_hat . m with m the running mean of normalised rows (updated in training mode, and on first use)."""
+    """x_hat . m with m the running mean of normalised rows (updated in training mode, and on first use).
+
+    The graph holds a copy of m: the buffer itself changes in place at the next update, which
+    would invalidate a graph not yet backpropagated (losses summed over micro-batches before one
+    ``backward()``).
+    """
     if training or not bool(running.initialised):
         running.update(x_hat.mean(dim=0))
-    return cross_conformity_torch(x_hat, running.value.to(x_hat.dtype))
+    return cross_conformity_torch(x_hat, running.value.to(dtype=x_hat.dtype, copy=True))
 
 
 CONFORMITY_REFERENCES = {"batch": conformity_against_batch, "running": conformity_against_running_mean}
