@@ -1,10 +1,15 @@
-"""What a training loop relies on: gradient accumulation over micro-batches."""
+"""What a training loop relies on: gradient accumulation over micro-batches, and learned logit
+scales kept in CLIP's range by clamping the parameter."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
-from lakd.distill import DistillBatch, FeatureDims, build_loss
+from lakd.distill import DistillBatch, FeatureDims, Recipe, build_loss
+from lakd.distill.scale import MAX_LOG_LOGIT_SCALE
 
 STUDENT_DIM, TEACHER_DIM, N = 6, 10, 12
 
@@ -37,3 +42,38 @@ def test_running_conformity_accumulates_micro_batches_before_one_backward():
         torch.testing.assert_close(summed.student_image.grad, alone.student_image.grad)
         torch.testing.assert_close(summed.student_text.grad, alone.student_text.grad)
     torch.testing.assert_close(accumulated.state_dict(), one_by_one.state_dict())
+
+
+@pytest.mark.parametrize("name", ["icl", "afd"])
+def test_a_logit_scale_above_the_cap_keeps_its_gradient_and_the_clamp_brings_it_back(name):
+    loss = build_loss(name, {}, FeatureDims(TEACHER_DIM, TEACHER_DIM))
+    features = batch(0, student_dim=TEACHER_DIM)  # equal dims: no heads needed
+    with torch.no_grad():  # as an optimizer step past the cap would leave it
+        loss.logit_scale.log_scale.fill_(MAX_LOG_LOGIT_SCALE + 0.01)
+    value = loss(features)
+    value.backward()
+    gradient = loss.logit_scale.log_scale.grad
+    assert gradient is not None and gradient.abs().item() > 1e-6
+    # the forward uses exp(p) as it is, unclamped
+    assert loss.logit_scale().item() == pytest.approx(100.0 * math.exp(0.01))
+
+    loss.clamp_logit_scales_()
+    assert loss.logit_scale().item() == pytest.approx(100.0)
+    with torch.no_grad():
+        loss.logit_scale.log_scale.fill_(-0.5)
+    loss.clamp_logit_scales_()
+    assert loss.logit_scale().item() == pytest.approx(1.0)  # CLIP's range is [1, 100]
+
+
+def test_recipe_clamps_the_logit_scales_of_all_its_terms():
+    recipe = Recipe.from_config(
+        {"clip": 1, "icl": 1, "afd": 1, "fd": 1}, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM
+    )
+    with torch.no_grad():
+        for loss in (recipe.losses["icl"], recipe.losses["afd"]):
+            loss.logit_scale.log_scale.fill_(7.0)
+    recipe.clamp_logit_scales_()
+    assert recipe.losses["icl"].logit_scale().item() == pytest.approx(100.0)
+    assert recipe.losses["afd"].logit_scale().item() == pytest.approx(100.0)
+    # an initial scale outside the range starts clamped
+    assert build_loss("icl", {"init_logit_scale": 10.0}).logit_scale().item() == pytest.approx(100.0)

@@ -86,6 +86,9 @@ class Recipe(nn.Module):
 
     With ``gather=True`` the batch is gathered across ranks first (no-op on one process), so every
     term is the loss of the global batch (:mod:`lakd.distributed`).
+
+    A trainer calls :meth:`clamp_logit_scales_` after each optimizer step (learned logit scales of
+    ``icl`` / ``afd``, kept in CLIP's range as CLIP keeps its own).
     """
 
     def __init__(
@@ -137,6 +140,12 @@ class Recipe(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         return any(loss.needs_teacher for loss in self.losses.values())
+
+    def clamp_logit_scales_(self) -> None:
+        """Clamp the learned logit scales of every term into CLIP's range [1, 100], in place;
+        call after each optimizer step (:mod:`lakd.distill.scale`)."""
+        for loss in self.losses.values():
+            loss.clamp_logit_scales_()
 
     def forward(self, batch: DistillBatch) -> RecipeOutput:
         if self.needs_teacher and not batch.has_teacher:

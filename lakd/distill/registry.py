@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from lakd.distill.scale import LearnedLogitScale
 from lakd.errors import LakdError
 
 
@@ -44,6 +45,13 @@ class DistillLoss(nn.Module):
     def __init__(self, dims: FeatureDims):
         super().__init__()
         self.dims = dims
+
+    def clamp_logit_scales_(self) -> None:
+        """Clamp every learned logit scale of this loss into CLIP's range, in place (no-op when it
+        has none); call after each optimizer step (:mod:`lakd.distill.scale`)."""
+        for module in self.modules():
+            if isinstance(module, LearnedLogitScale):
+                module.clamp_()
 
 
 LOSSES: dict[str, type[DistillLoss]] = {}
