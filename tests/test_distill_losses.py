@@ -398,6 +398,26 @@ def test_rise_relative_shared_anchors_and_bad_labels():
         build("rise_relative")(batch)
 
 
+@pytest.mark.parametrize("anchors", [4, 7])
+def test_rise_relative_is_rises_mse_of_anchor_distributions(anchors):
+    """RISE: F.mse_loss(softmax(cos(student, anchors)), softmax(cos(teacher, anchors))), i.e. the
+    mean over items and anchors, times 10 (which is the recipe weight here), whatever K."""
+    batch = random_batch()
+    batch.text_anchors = torch.randn(3, anchors, TEACHER_DIM)
+    per_item = F.normalize(batch.text_anchors, dim=-1)[batch.labels]  # [N, K, d]
+
+    def distribution(x):
+        cosines = torch.stack([F.cosine_similarity(x[i].expand(anchors, -1), per_item[i]) for i in range(N)])
+        return torch.softmax(cosines, dim=1)
+
+    student = distribution(batch.projected("image"))
+    teacher = distribution(batch.teacher("image"))
+    rise = 10.0 * F.mse_loss(student, teacher)
+    torch.testing.assert_close(10.0 * build("rise_relative")(batch), rise)
+    recipe = Recipe.from_config({"rise_relative": 10.0}, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM)
+    torch.testing.assert_close(recipe(batch).total, rise)
+
+
 def test_feature_losses_need_heads_when_dims_differ():
     batch = random_batch()
     batch.heads = None

@@ -8,12 +8,13 @@
   Both compare N x N structures, so student and teacher dims may differ (no heads involved).
 - rise_relative [RISE] (Huang et al., ICCV 2023): relative distances to text anchors. For each
   item, p = softmax(cos(x, a_k) / temperature) over K text anchors a_k in the teacher's space
-  (e.g. class prompts written in K styles); loss = mean over items of sum over anchors of
-  (p_student - p_teacher)^2. ``batch.text_anchors`` is [K, d_t] (shared) or [C, K, d_t] (per
-  class, picked by ``batch.labels``, as RISE does). The student's image is projected into the
-  teacher's dim. RISE's reference point is the class's prompt-ensemble text embedding; here it is
-  the teacher's image feature of the same item (available with cached teacher features and
-  per-item rather than per-class); RISE's extra factor 10 is left to the recipe weight.
+  (e.g. class prompts written in K styles); loss = mean over items and anchors of
+  (p_student - p_teacher)^2, i.e. RISE's ``F.mse_loss(p_student, p_teacher)``, so RISE's extra
+  factor 10 is a recipe weight of 10. ``batch.text_anchors`` is [K, d_t] (shared) or [C, K, d_t]
+  (per class, picked by ``batch.labels``, as RISE does). The student's image is projected into
+  the teacher's dim. RISE's reference point is the class's prompt-ensemble text embedding; here
+  it is the teacher's image feature of the same item (available with cached teacher features and
+  per-item rather than per-class).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def anchors_per_item(batch: DistillBatch, loss: str) -> torch.Tensor:
 @register_loss("rise_relative")
 class RiseRelativeDistance(DistillLoss):
     """RISE relative-distance loss on images: softmax over text anchors of cosine / ``temperature``,
-    student (projected) vs teacher, squared difference summed over anchors, mean over items."""
+    student (projected) vs teacher, squared difference averaged over items and anchors (RISE's
+    ``F.mse_loss``; RISE weights it by 10)."""
 
     def __init__(self, dims: FeatureDims, *, temperature: float = 1.0):
         super().__init__(dims)
@@ -116,4 +118,4 @@ class RiseRelativeDistance(DistillLoss):
             )
         student = self.distribution(batch.projected_hat("image", self.name), anchors)
         teacher = self.distribution(teacher_hat, anchors)
-        return (student - teacher).pow(2).sum(dim=1).mean()
+        return (student - teacher).pow(2).mean()
