@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lakd import distributed
 from lakd.analysis.whitening import WhiteningStats, whiten
 from lakd.distill.batch import MODALITIES, DistillBatch
-from lakd.distill.masking import FALLBACKS, encode_masked_images, mask_seed
+from lakd.distill.masking import check_masking, encode_masked_images, mask_seed
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
 from lakd.errors import LakdError
 from lakd.whiten import load_stats_set, stats_path
@@ -107,9 +107,17 @@ def load_saved_whitening(stats: str | Path, teacher_dim: int | None) -> dict[str
 
 @register_loss("mfd")
 class MaskedFeatureDistillation(DistillLoss):
-    """MFD [KD]: ``fd`` where the student's image features come from a masked view of its images
-    (:mod:`lakd.distill.masking`; the teacher's features are of the full image), plus ``fd`` on
-    text. Re-encodes ``batch.images`` with ``batch.student_model`` (one extra image-tower pass).
+    """MFD [KD], as an extra term: ``fd`` where the student's image features come from a masked
+    view of its images (:mod:`lakd.distill.masking`; the teacher's features are of the full
+    image), plus ``fd`` on text. Re-encodes ``batch.images`` with ``batch.student_model`` (one
+    extra image-tower pass) and feeds this term only; the other terms of the recipe see the
+    student's features of the full images.
+
+    This differs from [KD]'s MFD in two ways. [KD] runs the student once, on masked images, and
+    those features feed every term (task, CRD, ICL, FD): that single pass is the trainer's forward,
+    ``StudentWithHeads.forward(images, texts, mask_ratio=...)`` (docs/losses.md, "mfd vs
+    [KD]'s masked distillation"). And the scale is ``fd``'s (summed over the d_t dims): [KD]'s
+    weight 2000 on its per-dim mean corresponds to a weight of 2000 / d_t here.
 
     ``mask_ratio``: fraction of patches masked, in (0, 1) ([KD] uses 0.75). ``fallback``:
     "pixel" (mask pixel cells for towers without patch tokens) or "error". ``cell``: pixel cell
@@ -130,10 +138,7 @@ class MaskedFeatureDistillation(DistillLoss):
         seed: int | None = None,
     ):
         super().__init__(dims)
-        if not 0.0 < mask_ratio < 1.0:
-            raise LakdError(f"loss 'mfd': mask_ratio must be in (0, 1), got {mask_ratio}")
-        if fallback not in FALLBACKS:
-            raise LakdError(f"loss 'mfd': fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        check_masking(mask_ratio, fallback, "loss 'mfd'")
         if cell is not None and cell < 1:
             raise LakdError(f"loss 'mfd': cell must be a positive number of pixels, got {cell}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
