@@ -1,5 +1,5 @@
-"""What a training loop relies on: gradient accumulation over micro-batches, and learned logit
-scales kept in CLIP's range by clamping the parameter."""
+"""What a training loop relies on: gradient accumulation over micro-batches, learned logit scales
+kept in CLIP's range by clamping the parameter, and which recipes want features gathered across ranks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from lakd.distill import DistillBatch, FeatureDims, Recipe, build_loss
+from lakd.distill import NAMED_RECIPES, DistillBatch, FeatureDims, Recipe, available_losses, build_loss
+from lakd.distill.registry import LOSSES
 from lakd.distill.scale import MAX_LOG_LOGIT_SCALE
 
 STUDENT_DIM, TEACHER_DIM, N = 6, 10, 12
@@ -77,3 +78,48 @@ def test_recipe_clamps_the_logit_scales_of_all_its_terms():
     assert recipe.losses["afd"].logit_scale().item() == pytest.approx(100.0)
     # an initial scale outside the range starts clamped
     assert build_loss("icl", {"init_logit_scale": 10.0}).logit_scale().item() == pytest.approx(100.0)
+
+
+BATCH_DEPENDENT = {"clip", "crd", "gd", "icl", "afd", "conformity", "shell", "gap", "relational"}
+PER_ITEM = {"fd", "fd_clipkd", "mfd", "whitened_fd", "rise_relative"}
+
+
+def test_every_loss_says_whether_it_compares_items_across_the_batch():
+    assert BATCH_DEPENDENT | PER_ITEM == set(available_losses())
+    assert {name for name, cls in LOSSES.items() if cls.batch_dependent} == BATCH_DEPENDENT
+
+
+def test_per_item_losses_are_the_same_on_a_batch_and_on_its_halves_and_batch_losses_are_not():
+    """The meaning of batch_dependent: a per-item term of the whole batch is the mean of the terms
+    of its halves (so gathering cannot change it); a batch-dependent term's is not."""
+    dims = FeatureDims(TEACHER_DIM, TEACHER_DIM)
+    whole = batch(3, student_dim=TEACHER_DIM)
+    halves = [
+        DistillBatch(
+            whole.student_image[rows],
+            whole.student_text[rows],
+            whole.student_logit_scale,
+            whole.teacher_image[rows],
+            whole.teacher_text[rows],
+        )
+        for rows in (slice(0, N // 2), slice(N // 2, N))
+    ]
+    for name in ("fd", "fd_clipkd", "clip", "gap", "shell", "conformity"):
+        loss = build_loss(name, {}, dims)
+        split = sum(loss(half) for half in halves).item() / 2
+        if name in PER_ITEM:
+            assert loss(whole).item() == pytest.approx(split, rel=1e-5), name
+        else:
+            assert loss(whole).item() != pytest.approx(split, rel=1e-3), name
+
+
+def test_recipes_want_gathering_when_a_term_compares_items_across_the_batch():
+    for name in NAMED_RECIPES:  # every shipped recipe holds the contrastive task loss
+        recipe = Recipe.named(name, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM)
+        assert recipe.wants_gather and recipe.gather, name
+    assert not Recipe.from_config({"fd": 1, "whitened_fd": 1}).wants_gather
+    assert not Recipe.from_config({"fd": 1}).gather
+    assert Recipe.from_config({"fd": 1, "gap": 0.5}).wants_gather
+    # an explicit choice wins over the default
+    assert not Recipe.named("clip_kd", student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM, gather=False).gather
+    assert Recipe.from_config({"fd": 1}, gather=True).gather

@@ -40,6 +40,8 @@ def per_item_squared_distance(a_hat: torch.Tensor, b_hat: torch.Tensor) -> torch
 class FeatureDistillation(DistillLoss):
     """FD, scale-free: sum over modalities of mean_i ||s_hat_i - t_hat_i||^2."""
 
+    batch_dependent = False
+
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         return sum(
             per_item_squared_distance(batch.projected_hat(m, self.name), batch.teacher_hat(m, self.name))
@@ -50,6 +52,8 @@ class FeatureDistillation(DistillLoss):
 @register_loss("fd_clipkd")
 class ClipKDFeatureDistillation(DistillLoss):
     """FD in [KD]'s scale: sum over modalities of MSE(s_hat, t_hat) averaged over N and d."""
+
+    batch_dependent = False
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         return sum(
@@ -68,6 +72,8 @@ class WhitenedFeatureDistillation(DistillLoss):
     Without it the statistics come from ``batch.whitening["image"]`` / ``["text"]``; with it,
     the loss's own statistics are used and ``batch.whitening`` is ignored.
     """
+
+    batch_dependent = False
 
     def __init__(self, dims: FeatureDims, *, stats: str | Path | None = None):
         super().__init__(dims)
@@ -127,6 +133,8 @@ class MaskedFeatureDistillation(DistillLoss):
     get different masks and a rerun the same ones. The call counter ``step`` is a buffer: it is
     saved with the recipe's ``state_dict`` and a resumed run continues the sequence.
     """
+
+    batch_dependent = False
 
     def __init__(
         self,
