@@ -329,7 +329,7 @@ def test_shell_statistics_match_the_analysis_definitions():
     assert raw_cv == pytest.approx(shell["raw"]["cv"], rel=1e-10)
     # the loss's epsilon barely moves them on real (non-collapsed) features
     np.testing.assert_allclose(
-        shell_statistics_torch(x, SHELL_EPS).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-4
+        shell_statistics_torch(x, SHELL_EPS).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-2
     )
 
 
@@ -353,8 +353,8 @@ def test_shell_is_finite_on_a_collapsed_batch_of_identical_rows(row, collapsed):
 
 def test_shell_collapse_bound_and_bad_eps():
     ratio, centred_cv, raw_cv = shell_statistics_torch(torch.ones(8, 5) * 3.0, eps=1e-6).tolist()
-    assert ratio == pytest.approx(1e3, rel=1e-3) and centred_cv == pytest.approx(1e-3, rel=1e-2)
-    assert raw_cv == pytest.approx(1e-3, rel=1e-2)
+    assert ratio == pytest.approx(1e3, rel=1e-3) and centred_cv == pytest.approx(1e-6, rel=1e-2)
+    assert raw_cv == pytest.approx(1e-6, rel=1e-2)
     with pytest.raises(LakdError, match="eps"):
         build("shell", eps=0.0)
 
@@ -416,6 +416,40 @@ def test_rise_relative_is_rises_mse_of_anchor_distributions(anchors):
     torch.testing.assert_close(10.0 * build("rise_relative")(batch), rise)
     recipe = Recipe.from_config({"rise_relative": 10.0}, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM)
     torch.testing.assert_close(recipe(batch).total, rise)
+
+
+def collapsing_batch(spread: float) -> tuple[DistillBatch, dict[str, float]]:
+    """Student rows c_m + spread * s_m * noise (s_m = ||c_m||, noise of unit RMS norm) against CLIP-like
+    teacher features: spread 0 is a collapsed student. Returns the batch and s per modality."""
+    generator = torch.Generator().manual_seed(7)
+    teacher = teacher_features(N, TEACHER_DIM, generator)
+    student, scale = {}, {}
+    for m in MODALITIES:
+        centre = torch.randn(TEACHER_DIM, generator=generator) + 1.0
+        noise = torch.randn(N, TEACHER_DIM, generator=generator) / math.sqrt(TEACHER_DIM)
+        scale[m] = centre.norm().item()
+        student[m] = (centre + spread * scale[m] * noise).requires_grad_()
+    return (
+        DistillBatch(student["image"], student["text"], torch.tensor(1.0), teacher["image"], teacher["text"]),
+        scale,
+    )
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1])
+def test_shell_near_a_collapsed_student_is_bounded_and_spreads_it(spread):
+    """Near collapse the value stays below 2 (each arctan term is at most (pi/2)^2) and the gradient
+    below 3 / s, where the unbounded offset ratio gave about 2e6 and gradients up to about 3e7 on
+    this batch; the descent direction increases the batch's spread (its total variance)."""
+    batch, scale = collapsing_batch(spread)
+    value = build("shell")(batch)
+    value.backward()
+    assert 0.1 < value.item() < 2.0
+    for m in MODALITIES:
+        x, grad = batch.student(m), batch.student(m).grad
+        assert torch.isfinite(grad).all() and grad.norm().item() * scale[m] < 3.0
+        if spread > 0:
+            # (N - 1) / 2 times the rate of change of tr(Sigma) along -grad
+            assert (-grad * (x - x.mean(dim=0))).sum().item() > 0, m
 
 
 def test_feature_losses_need_heads_when_dims_differ():

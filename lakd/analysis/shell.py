@@ -33,9 +33,9 @@ def shell_statistics_torch(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     Differentiable, in the dtype and on the device of ``x``. ``eps`` regularises relative to the
     batch's own scale s^2 = mean ||x||^2, so every statistic stays scale-free: with floor
     f = eps s^2, norms are sqrt(||v||^2 + f), the offset ratio is sqrt(||mu||^2 + f) /
-    sqrt(tr Sigma + f), and a CV is sqrt(var + eps mean^2) / mean. On a collapsed batch
+    sqrt(tr Sigma + f), and a CV is sqrt(var + eps^2 mean^2) / mean. On a collapsed batch
     (identical rows, even all zero) the statistics are then finite (offset ratio at most about
-    1 / sqrt(eps), CVs about sqrt(eps)) with finite gradients. ``eps`` = 0 gives the plain estimates
+    1 / sqrt(eps), CVs about eps) with finite gradients. ``eps`` = 0 gives the plain estimates
     reported by :func:`~lakd.analysis.offset_ratio` and :func:`thin_shell` (NaN on a collapsed
     batch).
     """
@@ -44,8 +44,8 @@ def shell_statistics_torch(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return torch.stack(
         [
             offset_ratio_torch(x, floor),
-            coefficient_of_variation_torch(centred, eps),
-            coefficient_of_variation_torch(raw, eps),
+            coefficient_of_variation_torch(centred, eps**2),
+            coefficient_of_variation_torch(raw, eps**2),
         ]
     )
 

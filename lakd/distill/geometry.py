@@ -14,9 +14,10 @@ is compared in the teacher's dim.
   the whole data seen so far: C(x) ~ x_hat . m
   (:func:`~lakd.analysis.conformity.cross_conformity_torch`).
 - shell [DE]: offset ratio ||mu|| / sqrt(tr Sigma), CV of ||x - mu|| (thin shell) and CV of ||x||,
-  batch estimates on raw features (:func:`lakd.analysis.shell.shell_statistics_torch`), with a
-  small scale-relative epsilon (:data:`SHELL_EPS`) so a collapsed batch stays finite. Loss: sum of
-  squared differences, per modality.
+  batch estimates on raw features (:func:`lakd.analysis.shell.shell_statistics_torch`) with a
+  scale-relative ``eps`` (:data:`SHELL_EPS`); the offset ratio is compared through arctan, which
+  maps [0, inf) onto [0, pi/2), so a collapsed batch costs a bounded amount with a bounded
+  gradient. Loss: sum of squared differences, per modality.
 - gap [MG]: Delta = mean(x_hat_img) - mean(x_hat_txt) (:func:`lakd.analysis.gap.gap_vector_torch`).
   Loss: ||Delta_s - Delta_t||^2 (student projected into the teacher's dim) +
   (||Delta_s|| - ||Delta_t||)^2 (student's own space).
@@ -119,7 +120,15 @@ class ConformityMatching(DistillLoss):
         return self.running[key] if key in self.running else None
 
 
-SHELL_EPS = 1e-6
+SHELL_EPS = 1e-3
+
+
+def shell_features(x: torch.Tensor, eps: float = SHELL_EPS) -> torch.Tensor:
+    """[arctan(offset ratio), CV of ||x - mu||, CV of ||x||] of raw features [N, d]: what ``shell``
+    compares (:func:`~lakd.analysis.shell.shell_statistics_torch` with ``eps``, the offset ratio
+    mapped into [0, pi/2))."""
+    statistics = shell_statistics_torch(x, eps)
+    return torch.cat([statistics[:1].atan(), statistics[1:]])
 
 
 @register_loss("shell")
@@ -127,7 +136,10 @@ class ShellMatching(DistillLoss):
     """Match offset ratio and norm CVs of raw student features to the teacher's, per modality.
 
     ``eps``: the scale-relative regulariser of :func:`~lakd.analysis.shell.shell_statistics_torch`
-    that keeps a collapsed batch (identical rows) finite.
+    (default :data:`SHELL_EPS`). Near a collapsed batch (rows nearly identical) the offset-ratio
+    term is at most (pi/2)^2 with a gradient of at most about pi sqrt(2 / (N - 1)) / s, s the
+    rows' RMS norm, pointing towards spreading the rows; the CV terms' gradients are at most of
+    order 1 / (sqrt(eps (N - 1)) s).
     """
 
     def __init__(self, dims: FeatureDims, *, eps: float = SHELL_EPS):
@@ -141,8 +153,8 @@ class ShellMatching(DistillLoss):
             raise LakdError(f"loss {self.name!r}: needs at least 2 items per batch, got {batch.size}")
         total = batch.student_image.new_zeros(())
         for m in MODALITIES:
-            student = shell_statistics_torch(batch.student(m), self.eps)
-            teacher = shell_statistics_torch(batch.teacher(m, self.name), self.eps)
+            student = shell_features(batch.student(m), self.eps)
+            teacher = shell_features(batch.teacher(m, self.name), self.eps)
             total = total + (student - teacher).pow(2).sum()
         return total
 
