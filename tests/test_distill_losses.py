@@ -12,6 +12,9 @@ from scipy.stats import special_ortho_group
 
 import lakd.analysis as analysis
 from lakd.analysis import fit_whitening
+from lakd.analysis.alignment import linear_cka_torch
+from lakd.analysis.conformity import conformity_torch
+from lakd.analysis.shell import shell_statistics_torch
 from lakd.data.store import ShardData, StoreSpec, StoreWriter
 from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
 from lakd.distill import (
@@ -25,7 +28,7 @@ from lakd.distill import (
     build_loss,
     infonce_gradients,
 )
-from lakd.distill.geometry import batch_conformity, shell_statistics
+from lakd.distill.geometry import SHELL_EPS
 from lakd.errors import LakdError
 
 ISSUE_LOSSES = {
@@ -314,18 +317,20 @@ def test_learned_logit_scales_are_capped_at_100():
 def test_torch_conformity_matches_the_analysis_implementation():
     x = torch.randn(20, 7, dtype=torch.float64) + 1.0
     expected = analysis.conformity(x.numpy())
-    np.testing.assert_allclose(batch_conformity(F.normalize(x, dim=-1)).numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(conformity_torch(F.normalize(x, dim=-1)).numpy(), expected, rtol=1e-10)
 
 
 def test_shell_statistics_match_the_analysis_definitions():
     x = torch.randn(50, 6, dtype=torch.float64) * torch.linspace(1, 3, 6) + 2.0
-    ratio, centred_cv, raw_cv = shell_statistics(x, eps=0.0).tolist()
+    ratio, centred_cv, raw_cv = shell_statistics_torch(x, eps=0.0).tolist()
     shell = analysis.thin_shell(x.numpy())
     assert ratio == pytest.approx(analysis.offset_ratio(x.numpy()), rel=1e-10)
     assert centred_cv == pytest.approx(shell["centred"]["cv"], rel=1e-10)
     assert raw_cv == pytest.approx(shell["raw"]["cv"], rel=1e-10)
-    # the default epsilon barely moves them on real (non-collapsed) features
-    np.testing.assert_allclose(shell_statistics(x).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-4)
+    # the loss's epsilon barely moves them on real (non-collapsed) features
+    np.testing.assert_allclose(
+        shell_statistics_torch(x, SHELL_EPS).numpy(), [ratio, centred_cv, raw_cv], rtol=1e-2
+    )
 
 
 @pytest.mark.parametrize("row", [torch.linspace(-1.0, 2.0, TEACHER_DIM), torch.zeros(TEACHER_DIM)])
@@ -338,7 +343,7 @@ def test_shell_is_finite_on_a_collapsed_batch_of_identical_rows(row, collapsed):
         batch.student_text = (same + 1.0).requires_grad_()
     else:
         batch.teacher_image, batch.teacher_text = same, same - 1.0
-    assert torch.isfinite(shell_statistics(same)).all()
+    assert torch.isfinite(shell_statistics_torch(same, SHELL_EPS)).all()
     value = build("shell")(batch)
     assert torch.isfinite(value) and value.item() > 0
     value.backward()
@@ -347,20 +352,20 @@ def test_shell_is_finite_on_a_collapsed_batch_of_identical_rows(row, collapsed):
 
 
 def test_shell_collapse_bound_and_bad_eps():
-    ratio, centred_cv, raw_cv = shell_statistics(torch.ones(8, 5) * 3.0, eps=1e-6).tolist()
-    assert ratio == pytest.approx(1e3, rel=1e-3) and centred_cv == pytest.approx(1e-3, rel=1e-2)
-    assert raw_cv == pytest.approx(1e-3, rel=1e-2)
+    ratio, centred_cv, raw_cv = shell_statistics_torch(torch.ones(8, 5) * 3.0, eps=1e-6).tolist()
+    assert ratio == pytest.approx(1e3, rel=1e-3) and centred_cv == pytest.approx(1e-6, rel=1e-2)
+    assert raw_cv == pytest.approx(1e-6, rel=1e-2)
     with pytest.raises(LakdError, match="eps"):
         build("shell", eps=0.0)
 
 
-def test_torch_cka_matches_the_numpy_path_and_is_differentiable():
+def test_torch_cka_matches_the_analysis_metric_and_is_differentiable():
     x, y = torch.randn(30, 5, dtype=torch.float64), torch.randn(30, 9, dtype=torch.float64)
     y[:, :5] += x
     x.requires_grad_(True)
-    value = analysis.linear_cka(x, y)
-    assert isinstance(value, torch.Tensor)
+    value = linear_cka_torch(x, y)
     assert value.item() == pytest.approx(analysis.linear_cka(x.detach().numpy(), y.numpy()), rel=1e-10)
+    assert analysis.linear_cka(x, y) == pytest.approx(value.item(), rel=1e-12)  # tensors in: a float
     value.backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
@@ -391,6 +396,60 @@ def test_rise_relative_shared_anchors_and_bad_labels():
     batch.text_anchors = None
     with pytest.raises(LakdError, match="text_anchors"):
         build("rise_relative")(batch)
+
+
+@pytest.mark.parametrize("anchors", [4, 7])
+def test_rise_relative_is_rises_mse_of_anchor_distributions(anchors):
+    """RISE: F.mse_loss(softmax(cos(student, anchors)), softmax(cos(teacher, anchors))), i.e. the
+    mean over items and anchors, times 10 (which is the recipe weight here), whatever K."""
+    batch = random_batch()
+    batch.text_anchors = torch.randn(3, anchors, TEACHER_DIM)
+    per_item = F.normalize(batch.text_anchors, dim=-1)[batch.labels]  # [N, K, d]
+
+    def distribution(x):
+        cosines = torch.stack([F.cosine_similarity(x[i].expand(anchors, -1), per_item[i]) for i in range(N)])
+        return torch.softmax(cosines, dim=1)
+
+    student = distribution(batch.projected("image"))
+    teacher = distribution(batch.teacher("image"))
+    rise = 10.0 * F.mse_loss(student, teacher)
+    torch.testing.assert_close(10.0 * build("rise_relative")(batch), rise)
+    recipe = Recipe.from_config({"rise_relative": 10.0}, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM)
+    torch.testing.assert_close(recipe(batch).total, rise)
+
+
+def collapsing_batch(spread: float) -> tuple[DistillBatch, dict[str, float]]:
+    """Student rows c_m + spread * s_m * noise (s_m = ||c_m||, noise of unit RMS norm) against CLIP-like
+    teacher features: spread 0 is a collapsed student. Returns the batch and s per modality."""
+    generator = torch.Generator().manual_seed(7)
+    teacher = teacher_features(N, TEACHER_DIM, generator)
+    student, scale = {}, {}
+    for m in MODALITIES:
+        centre = torch.randn(TEACHER_DIM, generator=generator) + 1.0
+        noise = torch.randn(N, TEACHER_DIM, generator=generator) / math.sqrt(TEACHER_DIM)
+        scale[m] = centre.norm().item()
+        student[m] = (centre + spread * scale[m] * noise).requires_grad_()
+    return (
+        DistillBatch(student["image"], student["text"], torch.tensor(1.0), teacher["image"], teacher["text"]),
+        scale,
+    )
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1])
+def test_shell_near_a_collapsed_student_is_bounded_and_spreads_it(spread):
+    """Near collapse the value stays below 2 (each arctan term is at most (pi/2)^2) and the gradient
+    below 3 / s, where the unbounded offset ratio gave about 2e6 and gradients up to about 3e7 on
+    this batch; the descent direction increases the batch's spread (its total variance)."""
+    batch, scale = collapsing_batch(spread)
+    value = build("shell")(batch)
+    value.backward()
+    assert 0.1 < value.item() < 2.0
+    for m in MODALITIES:
+        x, grad = batch.student(m), batch.student(m).grad
+        assert torch.isfinite(grad).all() and grad.norm().item() * scale[m] < 3.0
+        if spread > 0:
+            # (N - 1) / 2 times the rate of change of tr(Sigma) along -grad
+            assert (-grad * (x - x.mean(dim=0))).sum().item() > 0, m
 
 
 def test_feature_losses_need_heads_when_dims_differ():

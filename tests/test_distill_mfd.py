@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip.transformer import PatchDropout
 
-from lakd.distill import DistillBatch, FeatureDims, StudentWithHeads, build_loss
+from lakd.distill import DistillBatch, FeatureDims, Recipe, StudentWithHeads, build_loss
 from lakd.distill.masking import encode_masked_images, mask_pixel_cells, mask_seed
 from lakd.errors import LakdError
 from lakd.models import load_model
@@ -162,3 +162,36 @@ def test_mfd_needs_the_student_model_and_images():
     )
     with pytest.raises(LakdError, match="student_model"):
         build_loss("mfd", {}, FeatureDims())(batch)
+
+
+@pytest.mark.parametrize("tower", ["tiny_vit", "tiny_resnet"])
+def test_single_pass_masked_forward_feeds_every_term(tower, request):
+    """[KD]'s masked distillation in one pass: the wrapper's forward with mask_ratio gives the
+    masked image features (the same as encode_masked_images with that seed), texts as usual, and
+    the recipe's terms all see them."""
+    model = request.getfixturevalue(tower)
+    wrapper = StudentWithHeads.for_teacher(model, TEACHER_DIM)
+    images, texts = torch.randn(4, 3, 64, 64), torch.randint(1, 1000, (4, 32))
+    with torch.no_grad():
+        full = wrapper(images, texts)
+        masked = wrapper(images, texts, mask_ratio=0.5, mask_seed=5)
+        expected = encode_masked_images(model, images, 0.5, seed=5)
+    torch.testing.assert_close(masked["image_features"], expected, rtol=0, atol=0)
+    assert not torch.allclose(masked["image_features"], full["image_features"])
+    torch.testing.assert_close(masked["text_features"], full["text_features"])
+
+    model.zero_grad()
+    outputs = wrapper(images, texts, mask_ratio=0.5, mask_seed=5)
+    batch = wrapper.distill_batch(
+        outputs,
+        teacher_image=torch.randn(4, TEACHER_DIM),
+        teacher_text=torch.randn(4, TEACHER_DIM),
+        teacher_logit_scale=100.0,
+    )
+    recipe = Recipe.named("clip_kd", student_dim=256, teacher_dim=TEACHER_DIM)
+    output = recipe(batch)
+    output.total.backward()
+    first_layer = model.visual.conv1.weight if tower == "tiny_vit" else next(model.visual.parameters())
+    assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
+    with pytest.raises(LakdError, match="student forward: mask_ratio must be in"):
+        wrapper(images, texts, mask_ratio=1.0)

@@ -2,8 +2,9 @@
 rank correlation, retrieval agreement.
 
 All functions take two raw embedding matrices of the same N items, x [N, d_x] (e.g. student) and
-y [N, d_y] (e.g. teacher); the dimensions may differ. Linear CKA: Kornblith et al., "Similarity
-of Neural Network Representations Revisited", ICML 2019.
+y [N, d_y] (e.g. teacher); the dimensions may differ. Linear CKA [CKA]: Kornblith et al.,
+"Similarity of Neural Network Representations Revisited", ICML 2019; :func:`linear_cka_torch` is
+its differentiable form, shared with the ``relational`` distillation loss.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from scipy import stats
 from scipy.spatial import procrustes
 from sklearn.neighbors import NearestNeighbors
 
-from lakd.analysis.inputs import ArrayLike, as_float64, normalise_rows, require_rows
+from lakd.analysis.inputs import ArrayLike, as_float64, as_tensor, normalise_rows, require_rows
 from lakd.errors import LakdError
 
 
@@ -28,25 +29,31 @@ def _paired(x: ArrayLike, y: ArrayLike, minimum: int, purpose: str) -> tuple[np.
     return x, y
 
 
-def linear_cka(x: ArrayLike, y: ArrayLike) -> float | torch.Tensor:
-    """Linear CKA of raw x [N, d_x] and y [N, d_y], centred inside:
+def linear_cka_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA of raw x [N, d_x] and y [N, d_y] (tensors), centred inside: the differentiable
+    core of :func:`linear_cka`, in the dtype and on the device of the inputs [CKA].
+
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F); a set with zero variance gives 0 (the
+    denominator is kept above the dtype's smallest normal number), so a loss never sees 0 / 0.
+    """
+    xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
+    cross = torch.linalg.matrix_norm(yc.T @ xc).pow(2)
+    scale = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
+    return cross / scale.clamp_min(torch.finfo(scale.dtype).tiny)
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Linear CKA of raw x [N, d_x] and y [N, d_y] (tensors or arrays), centred inside:
     ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), in [0, 1]; 1 for a rotated or scaled copy.
     Invariant to orthogonal maps and isotropic scaling, not to general linear maps.
 
-    Two torch tensors give a differentiable torch scalar (their dtype and device), as the
-    ``relational`` distillation loss needs; there a zero-variance set gives 0 instead of an error.
+    Computed in float64 by :func:`linear_cka_torch`; a set whose rows are all identical (zero
+    variance) is a LakdError.
     """
-    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-        xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
-        cross = torch.linalg.matrix_norm(yc.T @ xc).pow(2)
-        scale = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
-        return cross / scale.clamp_min(torch.finfo(x.dtype).tiny)
     x, y = _paired(x, y, 2, "linear CKA")
-    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
-    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
-    if denominator == 0:
+    if np.ptp(x, axis=0).max() == 0 or np.ptp(y, axis=0).max() == 0:
         raise LakdError("linear CKA: one of the two sets has zero variance")
-    return float(np.linalg.norm(y.T @ x) ** 2 / denominator)
+    return float(linear_cka_torch(as_tensor(x), as_tensor(y)))
 
 
 def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:

@@ -3,14 +3,16 @@
 [DE] Levi & Gilboa, "The Double-Ellipsoid Geometry of CLIP", ICML 2025 (arXiv 2411.14517).
 Every function takes raw (un-normalised) embeddings [N, d] as a tensor or array, or a
 :class:`~lakd.analysis.moments.Moments` already accumulated from a stream.
+:func:`offset_ratio_torch` is the differentiable offset ratio that the ``shell`` loss uses.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import stats
 
-from lakd.analysis.inputs import ArrayLike, as_float64
+from lakd.analysis.inputs import ArrayLike, as_float64, as_tensor, require_rows
 from lakd.analysis.moments import Moments, numerical_rank
 from lakd.errors import LakdError
 
@@ -22,19 +24,42 @@ def as_moments(x: ArrayLike | Moments, name: str = "embeddings", *, covariance: 
     return Moments.from_array(as_float64(x, name), covariance=covariance, name=name)
 
 
+def _a_point(name: str, n: int) -> LakdError:
+    return LakdError(f"{name}: all {n} rows are identical (total variance 0); the ellipsoid is a point")
+
+
 def _nonzero_total_variance(m: Moments) -> float:
     total = m.total_variance
     if total <= 0:
-        raise LakdError(
-            f"{m.name}: all {m.n} rows are identical (total variance 0); the ellipsoid is a point"
-        )
+        raise _a_point(m.name, m.n)
     return total
 
 
+def offset_ratio_torch(x: torch.Tensor, floor: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """sqrt(||mu||^2 + floor) / sqrt(tr Sigma + floor) of raw x [N, d] (N >= 2; unbiased Sigma) [DE].
+
+    The differentiable definition of :func:`offset_ratio`, in the dtype and on the device of
+    ``x``; ``floor`` = 0 gives the plain ||mu|| / sqrt(tr Sigma), a positive floor keeps it finite
+    on a batch of identical rows (the ``shell`` loss).
+    """
+    mu = x.mean(dim=0)
+    total_variance = (x - mu).pow(2).sum() / (len(x) - 1)
+    return (mu.pow(2).sum() + floor).sqrt() / (total_variance + floor).sqrt()
+
+
 def offset_ratio(x: ArrayLike | Moments, name: str = "embeddings") -> float:
-    """||mu|| / sqrt(tr Sigma) of raw embeddings [DE]; near or above 1: the shell misses the origin."""
-    m = as_moments(x, name)
-    return float(np.linalg.norm(m.mean) / np.sqrt(_nonzero_total_variance(m)))
+    """||mu|| / sqrt(tr Sigma) of raw embeddings [DE]; near or above 1: the shell misses the origin.
+
+    A matrix [N, d] goes through :func:`offset_ratio_torch` in float64; a :class:`Moments`
+    (streamed chunks) gives the same quantity from its mean and scatter matrix.
+    """
+    if isinstance(x, Moments):
+        return float(np.linalg.norm(x.mean) / np.sqrt(_nonzero_total_variance(x)))
+    x = as_float64(x, name)
+    require_rows(len(x), 2, name, "a covariance")
+    if np.ptp(x, axis=0).max() == 0:
+        raise _a_point(name, len(x))
+    return float(offset_ratio_torch(as_tensor(x)))
 
 
 def spectrum(x: ArrayLike | Moments, name: str = "embeddings", top: int = 5) -> dict:

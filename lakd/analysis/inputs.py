@@ -2,7 +2,9 @@
 
 Every metric accepts a torch tensor or a numpy array of shape [N, d]; :class:`ChunkSource`
 adds the streaming forms used by :func:`lakd.analysis.analyze` for embedding stores that do not
-fit in memory. Arithmetic is float64 throughout; bad input raises :class:`LakdError`.
+fit in memory. Arithmetic is float64 throughout; bad input raises :class:`LakdError`. Metrics
+that are also distillation losses are defined once in torch (``*_torch`` functions) and run on
+the validated float64 input through :func:`as_tensor`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def as_float64(x: Any, name: str = "embeddings", *, row_offset: int = 0) -> np.n
         raise LakdError(f"{name}: embeddings have dimension 0")
     check_finite(x, name, row_offset=row_offset)
     return x
+
+
+def as_tensor(x: np.ndarray) -> torch.Tensor:
+    """A CPU tensor on the memory of the array ``x`` (copied first when ``x`` is read-only), to run
+    the torch definitions of the metrics on validated float64 input."""
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
 def check_finite(x: np.ndarray, name: str, *, row_offset: int = 0) -> None:

@@ -2,12 +2,17 @@
 
 Every loss takes one :class:`DistillBatch` and returns a scalar; a :class:`Recipe` is a weighted
 sum of losses named in config, e.g. ``Recipe.from_config({"clip": 1, "fd": 1})`` or
-``Recipe.named("clip_kd")``. Definitions and the fixes to [KD]'s reference code: METRICS.md
-("Distillation losses") and the docstrings of each module.
+``Recipe.named("clip_kd")``. Definitions, options and the fixes to [KD]'s reference code:
+docs/losses.md; the geometry statistics shared with :mod:`lakd.analysis`: docs/metrics.md.
+
+A trainer calls ``recipe.clamp_logit_scales_()`` after each optimizer step, and under
+torch.distributed builds the recipe with ``gather=None`` (the default: gathers features across
+ranks when ``recipe.wants_gather``) or an explicit ``gather``.
 
 Families: :mod:`~lakd.distill.contrastive` (clip, icl, afd), :mod:`~lakd.distill.logits` (crd,
 gd), :mod:`~lakd.distill.feature` (fd, fd_clipkd, mfd, whitened_fd), :mod:`~lakd.distill.geometry`
-(conformity, shell, gap), :mod:`~lakd.distill.relational` (relational, rise_relative).
+(conformity, shell, gap), :mod:`~lakd.distill.relational` (relational, rise_relative);
+learned logit scales: :mod:`~lakd.distill.scale`.
 """
 
 from lakd.distill import contrastive, feature, geometry, logits, relational  # noqa: F401  (register losses)

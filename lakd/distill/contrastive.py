@@ -4,8 +4,10 @@
 the symmetric InfoNCE of CLIP on L2-normalised features, with item i's image and text as the
 positive pair. Differences from [KD]'s released code, on purpose:
 
-- ICL and AFD learn their own logit scale as a log-parameter (init log(1/0.07), exp'd and capped
-  at 100 as CLIP does); [KD] multiplies by the raw parameter (about 2.66) without ``exp``.
+- ICL and AFD learn their own logit scale as a log-parameter p (init log(1/0.07)) and use exp(p);
+  [KD] multiplies by the raw parameter (about 2.66) without ``exp``. As in CLIP, p is kept in
+  [0, log 100] by clamping the parameter after each optimizer step
+  (:meth:`~lakd.distill.registry.DistillLoss.clamp_logit_scales_`), not the forward value.
 - AFD concatenates the student's own normalised feature (d_s) with the teacher's (d_t) and fuses
   them with Linear(d_s + d_t -> d_s) per modality; [KD] concatenates the *projected* student
   feature (d_t) but sizes the layer for d_s + d_t, which fails whenever the dims differ.
@@ -13,17 +15,13 @@ positive pair. Differences from [KD]'s released code, on purpose:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
-
-CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)
-MAX_LOG_LOGIT_SCALE = math.log(100.0)
+from lakd.distill.scale import CLIP_INIT_LOGIT_SCALE, LearnedLogitScale
 
 
 def infonce(
@@ -54,17 +52,6 @@ def infonce_gradients(
     residual = probabilities - torch.eye(len(anchors), dtype=anchors.dtype, device=anchors.device)
     n = len(anchors)
     return scale * residual @ keys / n, scale * residual.T @ anchors / n
-
-
-class LearnedLogitScale(nn.Module):
-    """A CLIP-style learnable logit scale: exp(p), p initialised to log(1/0.07), capped at 100."""
-
-    def __init__(self, init: float = CLIP_INIT_LOGIT_SCALE):
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=MAX_LOG_LOGIT_SCALE).exp()
 
 
 @register_loss("clip")

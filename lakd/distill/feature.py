@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lakd import distributed
 from lakd.analysis.whitening import WhiteningStats, load_stats_set, stats_path, whiten
 from lakd.distill.batch import MODALITIES, DistillBatch
-from lakd.distill.masking import FALLBACKS, encode_masked_images, mask_seed
+from lakd.distill.masking import check_masking, encode_masked_images, mask_seed
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
 from lakd.errors import LakdError
 
@@ -39,6 +39,8 @@ def per_item_squared_distance(a_hat: torch.Tensor, b_hat: torch.Tensor) -> torch
 class FeatureDistillation(DistillLoss):
     """FD, scale-free: sum over modalities of mean_i ||s_hat_i - t_hat_i||^2."""
 
+    batch_dependent = False
+
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         return sum(
             per_item_squared_distance(batch.projected_hat(m, self.name), batch.teacher_hat(m, self.name))
@@ -49,6 +51,8 @@ class FeatureDistillation(DistillLoss):
 @register_loss("fd_clipkd")
 class ClipKDFeatureDistillation(DistillLoss):
     """FD in [KD]'s scale: sum over modalities of MSE(s_hat, t_hat) averaged over N and d."""
+
+    batch_dependent = False
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         return sum(
@@ -67,6 +71,8 @@ class WhitenedFeatureDistillation(DistillLoss):
     Without it the statistics come from ``batch.whitening["image"]`` / ``["text"]``; with it,
     the loss's own statistics are used and ``batch.whitening`` is ignored.
     """
+
+    batch_dependent = False
 
     def __init__(self, dims: FeatureDims, *, stats: str | Path | None = None):
         super().__init__(dims)
@@ -106,9 +112,17 @@ def load_saved_whitening(stats: str | Path, teacher_dim: int | None) -> dict[str
 
 @register_loss("mfd")
 class MaskedFeatureDistillation(DistillLoss):
-    """MFD [KD]: ``fd`` where the student's image features come from a masked view of its images
-    (:mod:`lakd.distill.masking`; the teacher's features are of the full image), plus ``fd`` on
-    text. Re-encodes ``batch.images`` with ``batch.student_model`` (one extra image-tower pass).
+    """MFD [KD], as an extra term: ``fd`` where the student's image features come from a masked
+    view of its images (:mod:`lakd.distill.masking`; the teacher's features are of the full
+    image), plus ``fd`` on text. Re-encodes ``batch.images`` with ``batch.student_model`` (one
+    extra image-tower pass) and feeds this term only; the other terms of the recipe see the
+    student's features of the full images.
+
+    This differs from [KD]'s MFD in two ways. [KD] runs the student once, on masked images, and
+    those features feed every term (task, CRD, ICL, FD): that single pass is the trainer's forward,
+    ``StudentWithHeads.forward(images, texts, mask_ratio=...)`` (docs/losses.md, "mfd vs
+    [KD]'s masked distillation"). And the scale is ``fd``'s (summed over the d_t dims): [KD]'s
+    weight 2000 on its per-dim mean corresponds to a weight of 2000 / d_t here.
 
     ``mask_ratio``: fraction of patches masked, in (0, 1) ([KD] uses 0.75). ``fallback``:
     "pixel" (mask pixel cells for towers without patch tokens) or "error". ``cell``: pixel cell
@@ -118,6 +132,8 @@ class MaskedFeatureDistillation(DistillLoss):
     get different masks and a rerun the same ones. The call counter ``step`` is a buffer: it is
     saved with the recipe's ``state_dict`` and a resumed run continues the sequence.
     """
+
+    batch_dependent = False
 
     def __init__(
         self,
@@ -129,10 +145,7 @@ class MaskedFeatureDistillation(DistillLoss):
         seed: int | None = None,
     ):
         super().__init__(dims)
-        if not 0.0 < mask_ratio < 1.0:
-            raise LakdError(f"loss 'mfd': mask_ratio must be in (0, 1), got {mask_ratio}")
-        if fallback not in FALLBACKS:
-            raise LakdError(f"loss 'mfd': fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        check_masking(mask_ratio, fallback, "loss 'mfd'")
         if cell is not None and cell < 1:
             raise LakdError(f"loss 'mfd': cell must be a positive number of pixels, got {cell}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):

@@ -1,21 +1,26 @@
-"""Geometry-aware distillation terms: ``conformity``, ``shell``, ``gap`` (definitions: METRICS.md).
+"""Geometry-aware distillation terms: ``conformity``, ``shell``, ``gap`` (docs/losses.md; the
+statistics themselves: docs/metrics.md).
 
-Each matches a geometric statistic of the student's embeddings to the teacher's. Statistics
-that are comparable across dims (conformity, offset ratio, coefficients of variation, gap norm)
-are computed in the student's own space, so the projection heads cannot satisfy them on the
-student's behalf; only the gap *vector* is compared in the teacher's dim.
+Each matches a geometric statistic of the student's embeddings to the teacher's, using the same
+torch definition that :mod:`lakd.analysis` reports. Statistics that are comparable across dims
+(conformity, offset ratio, coefficients of variation, gap norm) are computed in the student's own
+space, so the projection heads cannot satisfy them on the student's behalf; only the gap *vector*
+is compared in the teacher's dim.
 
 - conformity [DE]: C(x_j) = mean over k != j of cos(x_j, x_k) on raw vectors, computed exactly in
-  O(N d) by :func:`lakd.analysis.conformity.conformity_given_sum`. Loss: mean over items of
-  (C_s - C_t)^2, per modality. ``reference="running"`` replaces the batch by a running mean of
+  O(N d) by :func:`lakd.analysis.conformity.conformity_torch`. Loss: mean over items of
+  (C_s - C_t)^2, per modality. ``reference="running"`` replaces the batch by a running mean m of
   normalised vectors (momentum ``momentum``; updated in training mode), i.e. conformity against
-  the whole data seen so far: C(x) ~ x_hat . m.
+  the whole data seen so far: C(x) ~ x_hat . m
+  (:func:`~lakd.analysis.conformity.cross_conformity_torch`).
 - shell [DE]: offset ratio ||mu|| / sqrt(tr Sigma), CV of ||x - mu|| (thin shell) and CV of ||x||,
-  batch estimates on raw features (unbiased variances, as in :mod:`lakd.analysis`), with a small
-  scale-relative epsilon (:data:`SHELL_EPS`) so a collapsed batch stays finite. Loss: sum of
-  squared differences, per modality.
-- gap [MG]: Delta = mean(x_hat_img) - mean(x_hat_txt). Loss: ||Delta_s - Delta_t||^2 (student
-  projected into the teacher's dim) + (||Delta_s|| - ||Delta_t||)^2 (student's own space).
+  batch estimates on raw features (:func:`lakd.analysis.shell.shell_statistics_torch`) with a
+  scale-relative ``eps`` (:data:`SHELL_EPS`); the offset ratio is compared through arctan, which
+  maps [0, inf) onto [0, pi/2), so a collapsed batch costs a bounded amount with a bounded
+  gradient. Loss: sum of squared differences, per modality.
+- gap [MG]: Delta = mean(x_hat_img) - mean(x_hat_txt) (:func:`lakd.analysis.gap.gap_vector_torch`).
+  Loss: ||Delta_s - Delta_t||^2 (student projected into the teacher's dim) +
+  (||Delta_s|| - ||Delta_t||)^2 (student's own space).
 """
 
 from __future__ import annotations
@@ -23,15 +28,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lakd.analysis.conformity import conformity_given_sum
+from lakd.analysis.conformity import conformity_torch, cross_conformity_torch
+from lakd.analysis.gap import gap_vector_torch
+from lakd.analysis.shell import shell_statistics_torch
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
 from lakd.errors import LakdError
-
-
-def batch_conformity(x_hat: torch.Tensor) -> torch.Tensor:
-    """Exact within-batch conformity [N] of unit rows [N, d] (N >= 2)."""
-    return conformity_given_sum(x_hat, x_hat.sum(dim=0), len(x_hat))
 
 
 class RunningMean(nn.Module):
@@ -56,16 +58,21 @@ class RunningMean(nn.Module):
 def conformity_against_batch(
     x_hat: torch.Tensor, running: RunningMean | None, training: bool
 ) -> torch.Tensor:
-    return batch_conformity(x_hat)
+    return conformity_torch(x_hat)
 
 
 def conformity_against_running_mean(
     x_hat: torch.Tensor, running: RunningMean, training: bool
 ) -> torch.Tensor:
-    """x_hat . m with m the running mean of normalised rows (updated in training mode, and on first use)."""
+    """x_hat . m with m the running mean of normalised rows (updated in training mode, and on first use).
+
+    The graph holds a copy of m: the buffer itself changes in place at the next update, which
+    would invalidate a graph not yet backpropagated (losses summed over micro-batches before one
+    ``backward()``).
+    """
     if training or not bool(running.initialised):
         running.update(x_hat.mean(dim=0))
-    return x_hat @ running.value.to(x_hat.dtype)
+    return cross_conformity_torch(x_hat, running.value.to(dtype=x_hat.dtype, copy=True))
 
 
 CONFORMITY_REFERENCES = {"batch": conformity_against_batch, "running": conformity_against_running_mean}
@@ -113,50 +120,26 @@ class ConformityMatching(DistillLoss):
         return self.running[key] if key in self.running else None
 
 
-SHELL_EPS = 1e-6
+SHELL_EPS = 1e-3
 
 
-def coefficient_of_variation(values: torch.Tensor, eps: float) -> torch.Tensor:
-    """sqrt(var + eps * mean^2) / mean of positive values [N] (unbiased variance)."""
-    mean = values.mean()
-    return (values.var() + eps * mean.pow(2) + torch.finfo(values.dtype).tiny).sqrt() / mean
-
-
-def shell_statistics(x: torch.Tensor, eps: float = SHELL_EPS) -> torch.Tensor:
-    """[offset ratio, CV of ||x - mu||, CV of ||x||] of raw features [N, d] (N >= 2), differentiable.
-
-    ``eps`` regularises, relative to the batch's own scale s^2 = mean ||x||^2 so every statistic
-    stays scale-free: norms are sqrt(||v||^2 + eps s^2), the offset ratio is
-    ||mu|| / sqrt(tr Sigma + eps s^2) and a CV is sqrt(var + eps mean^2) / mean. On a collapsed
-    batch (identical rows, even all zero) the statistics are then finite (offset ratio at most
-    1 / sqrt(eps), CVs about sqrt(eps)) with finite gradients instead of 0 / 0; on real features
-    the change is O(eps) (about 1e-6 relative for the offset ratio, somewhat more for a CV near 0).
-    ``eps=0`` gives the plain estimates of :mod:`lakd.analysis` (NaN on a collapsed batch).
-    """
-    floor = eps * x.pow(2).sum(dim=1).mean() + torch.finfo(x.dtype).tiny
-
-    def norms(v: torch.Tensor) -> torch.Tensor:
-        return (v.pow(2).sum(dim=-1) + floor).sqrt()
-
-    mu = x.mean(dim=0)
-    centred = x - mu
-    total_variance = centred.pow(2).sum() / (len(x) - 1)
-    offset_ratio = norms(mu) / (total_variance + floor).sqrt()
-    return torch.stack(
-        [
-            offset_ratio,
-            coefficient_of_variation(norms(centred), eps),
-            coefficient_of_variation(norms(x), eps),
-        ]
-    )
+def shell_features(x: torch.Tensor, eps: float = SHELL_EPS) -> torch.Tensor:
+    """[arctan(offset ratio), CV of ||x - mu||, CV of ||x||] of raw features [N, d]: what ``shell``
+    compares (:func:`~lakd.analysis.shell.shell_statistics_torch` with ``eps``, the offset ratio
+    mapped into [0, pi/2))."""
+    statistics = shell_statistics_torch(x, eps)
+    return torch.cat([statistics[:1].atan(), statistics[1:]])
 
 
 @register_loss("shell")
 class ShellMatching(DistillLoss):
     """Match offset ratio and norm CVs of raw student features to the teacher's, per modality.
 
-    ``eps``: the scale-relative regulariser of :func:`shell_statistics` that keeps a collapsed
-    batch (identical rows) finite.
+    ``eps``: the scale-relative regulariser of :func:`~lakd.analysis.shell.shell_statistics_torch`
+    (default :data:`SHELL_EPS`). Near a collapsed batch (rows nearly identical) the offset-ratio
+    term is at most (pi/2)^2 with a gradient of at most about pi sqrt(2 / (N - 1)) / s, s the
+    rows' RMS norm, pointing towards spreading the rows; the CV terms' gradients are at most of
+    order 1 / (sqrt(eps (N - 1)) s).
     """
 
     def __init__(self, dims: FeatureDims, *, eps: float = SHELL_EPS):
@@ -170,15 +153,10 @@ class ShellMatching(DistillLoss):
             raise LakdError(f"loss {self.name!r}: needs at least 2 items per batch, got {batch.size}")
         total = batch.student_image.new_zeros(())
         for m in MODALITIES:
-            student = shell_statistics(batch.student(m), self.eps)
-            teacher = shell_statistics(batch.teacher(m, self.name), self.eps)
+            student = shell_features(batch.student(m), self.eps)
+            teacher = shell_features(batch.teacher(m, self.name), self.eps)
             total = total + (student - teacher).pow(2).sum()
         return total
-
-
-def gap_vector(image_hat: torch.Tensor, text_hat: torch.Tensor) -> torch.Tensor:
-    """Delta = mean(image_hat) - mean(text_hat) [d] for unit rows [N, d] [MG]."""
-    return image_hat.mean(dim=0) - text_hat.mean(dim=0)
 
 
 @register_loss("gap")
@@ -186,9 +164,11 @@ class GapMatching(DistillLoss):
     """Match the modality-gap vector (teacher's dim) and its norm (own space) to the teacher's."""
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
-        teacher = gap_vector(batch.teacher_hat("image", self.name), batch.teacher_hat("text", self.name))
-        projected = gap_vector(
+        teacher = gap_vector_torch(
+            batch.teacher_hat("image", self.name), batch.teacher_hat("text", self.name)
+        )
+        projected = gap_vector_torch(
             batch.projected_hat("image", self.name), batch.projected_hat("text", self.name)
         )
-        own = gap_vector(batch.student_hat("image"), batch.student_hat("text"))
+        own = gap_vector_torch(batch.student_hat("image"), batch.student_hat("text"))
         return (projected - teacher).pow(2).sum() + (own.norm() - teacher.norm()).pow(2)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lakd.distill.batch import MODALITIES, DistillBatch
+from lakd.distill.masking import check_masking, encode_masked_images
 from lakd.errors import LakdError
 from lakd.models.checkpoint import load_checkpoint_with_parts
 
@@ -106,9 +107,32 @@ class StudentWithHeads(nn.Module):
         dim = student_dim if student_dim is not None else embed_dim_of(model)
         return cls(model, ProjectionHeads.between(dim, teacher_dim, bias=bias))
 
-    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        *,
+        mask_ratio: float | None = None,
+        mask_seed: int | None = None,
+        fallback: str = "pixel",
+    ) -> dict[str, torch.Tensor]:
+        """Raw features of ``images`` and ``texts`` and the exp'd logit scale.
+
+        With ``mask_ratio`` in (0, 1) the image features are of a masked view of the images
+        (:func:`~lakd.distill.masking.encode_masked_images`: patch dropout for ViT towers, pixel
+        cells otherwise, or a LakdError with ``fallback="error"``; ``mask_seed`` fixes the masks):
+        [KD]'s masked feature distillation in a single pass, where these features feed every
+        term of the recipe (docs/losses.md).
+        """
+        if mask_ratio is None:
+            image_features = self.student.encode_image(images, normalize=False)
+        else:
+            check_masking(mask_ratio, fallback, "student forward")
+            image_features = encode_masked_images(
+                self.student, images, mask_ratio, fallback=fallback, seed=mask_seed
+            )
         return {
-            "image_features": self.student.encode_image(images, normalize=False),
+            "image_features": image_features,
             "text_features": self.student.encode_text(texts, normalize=False),
             "logit_scale": self.student.logit_scale.exp(),
         }

@@ -87,6 +87,14 @@ def refuse_masking(model: nn.Module, images: torch.Tensor, ratio: float, cell: i
 FALLBACKS = {"pixel": encode_with_pixel_masking, "error": refuse_masking}
 
 
+def check_masking(ratio: float, fallback: str, who: str) -> None:
+    """LakdError (naming ``who``) unless ``ratio`` is in (0, 1) and ``fallback`` is known."""
+    if not 0.0 < ratio < 1.0:
+        raise LakdError(f"{who}: mask_ratio must be in (0, 1), got {ratio}")
+    if fallback not in FALLBACKS:
+        raise LakdError(f"{who}: fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+
+
 def mask_seed(base_seed: int, rank: int, step: int) -> int:
     """The seed of the masks of call ``step`` on ``rank``: numpy's ``SeedSequence([base_seed, rank, step])``
     mixed into one 64-bit integer, so nearby bases, ranks and steps give unrelated masks."""

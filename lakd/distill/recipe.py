@@ -85,18 +85,28 @@ class Recipe(nn.Module):
     """Weighted sum of losses; ``forward(batch) -> RecipeOutput``.
 
     With ``gather=True`` the batch is gathered across ranks first (no-op on one process), so every
-    term is the loss of the global batch (:mod:`lakd.distributed`).
+    term is the loss of the global batch (:mod:`lakd.distributed`), as [KD] and open_clip compute
+    contrastive losses. ``gather=None`` (the default) gathers exactly when :attr:`wants_gather`:
+    when some term compares items across the batch. ``gather=False`` keeps every rank's terms
+    local (per-rank batches, less communication).
+
+    A trainer calls :meth:`clamp_logit_scales_` after each optimizer step (learned logit scales of
+    ``icl`` / ``afd``, kept in CLIP's range as CLIP keeps its own).
     """
 
     def __init__(
-        self, losses: Mapping[str, DistillLoss], weights: Mapping[str, float], *, gather: bool = False
+        self,
+        losses: Mapping[str, DistillLoss],
+        weights: Mapping[str, float],
+        *,
+        gather: bool | None = None,
     ):
         super().__init__()
         if not losses:
             raise LakdError("recipe: no terms with a weight > 0")
         self.losses = nn.ModuleDict(dict(losses))
         self.weights = dict(weights)
-        self.gather = gather
+        self.gather = self.wants_gather if gather is None else bool(gather)
 
     @classmethod
     def from_config(
@@ -105,12 +115,12 @@ class Recipe(nn.Module):
         *,
         student_dim: int | None = None,
         teacher_dim: int | None = None,
-        gather: bool = False,
+        gather: bool | None = None,
     ) -> Recipe:
         """Build from a mapping (see the module docstring) or the name of a shipped recipe.
 
         ``student_dim`` / ``teacher_dim`` are needed by losses that build layers or buffers
-        (``afd``, ``conformity`` with ``reference="running"``).
+        (``afd``, ``conformity`` with ``reference="running"``). ``gather``: see :class:`Recipe`.
         """
         if isinstance(config, str):
             if config not in NAMED_RECIPES:
@@ -137,6 +147,19 @@ class Recipe(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         return any(loss.needs_teacher for loss in self.losses.values())
+
+    @property
+    def wants_gather(self) -> bool:
+        """Whether some term compares items across the batch (``DistillLoss.batch_dependent``:
+        contrastive, relational, batch statistics), so that under torch.distributed its value on
+        each rank's local batch differs from its value on the global batch."""
+        return any(loss.batch_dependent for loss in self.losses.values())
+
+    def clamp_logit_scales_(self) -> None:
+        """Clamp the learned logit scales of every term into CLIP's range [1, 100], in place;
+        call after each optimizer step (:mod:`lakd.distill.scale`)."""
+        for loss in self.losses.values():
+            loss.clamp_logit_scales_()
 
     def forward(self, batch: DistillBatch) -> RecipeOutput:
         if self.needs_teacher and not batch.has_teacher:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from lakd.distill.scale import LearnedLogitScale
 from lakd.errors import LakdError
 
 
@@ -36,14 +37,31 @@ class FeatureDims:
 
 
 class DistillLoss(nn.Module):
-    """Base class: ``forward(batch) -> scalar``. ``needs_teacher`` is False only for the task loss."""
+    """Base class: ``forward(batch) -> scalar``.
+
+    Class attributes: ``needs_teacher`` is False only for the task loss. ``batch_dependent`` says
+    whether the term for one item depends on the other items of the batch (contrastive,
+    relational and batch-statistic terms): under torch.distributed such a term computed on each
+    rank's local batch is not the term of the global batch, so a recipe holding one wants its
+    features gathered across ranks (:attr:`lakd.distill.Recipe.wants_gather`). Per-item terms
+    (mean over items of a per-item distance) set it to False. A new loss that does not say is
+    treated as batch-dependent, the safe choice.
+    """
 
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    batch_dependent: ClassVar[bool] = True
 
     def __init__(self, dims: FeatureDims):
         super().__init__()
         self.dims = dims
+
+    def clamp_logit_scales_(self) -> None:
+        """Clamp every learned logit scale of this loss into CLIP's range, in place (no-op when it
+        has none); call after each optimizer step (:mod:`lakd.distill.scale`)."""
+        for module in self.modules():
+            if isinstance(module, LearnedLogitScale):
+                module.clamp_()
 
 
 LOSSES: dict[str, type[DistillLoss]] = {}

@@ -3,16 +3,18 @@
 - relational, ``method="kl"``: per modality, the row-softmax of the within-batch cosine
   similarities divided by ``temperature`` (self-similarity excluded), KL(teacher || student),
   mean over rows. ``method="cka"``: 1 - linear CKA of the raw (centred) student and teacher
-  features (Kornblith et al., ICML 2019), through :func:`lakd.analysis.linear_cka` on tensors.
+  features (Kornblith et al., ICML 2019), :func:`lakd.analysis.alignment.linear_cka_torch` (the
+  definition behind the ``linear_cka`` metric).
   Both compare N x N structures, so student and teacher dims may differ (no heads involved).
 - rise_relative [RISE] (Huang et al., ICCV 2023): relative distances to text anchors. For each
   item, p = softmax(cos(x, a_k) / temperature) over K text anchors a_k in the teacher's space
-  (e.g. class prompts written in K styles); loss = mean over items of sum over anchors of
-  (p_student - p_teacher)^2. ``batch.text_anchors`` is [K, d_t] (shared) or [C, K, d_t] (per
-  class, picked by ``batch.labels``, as RISE does). The student's image is projected into the
-  teacher's dim. RISE's reference point is the class's prompt-ensemble text embedding; here it is
-  the teacher's image feature of the same item (available with cached teacher features and
-  per-item rather than per-class); RISE's extra factor 10 is left to the recipe weight.
+  (e.g. class prompts written in K styles); loss = mean over items and anchors of
+  (p_student - p_teacher)^2, i.e. RISE's ``F.mse_loss(p_student, p_teacher)``, so RISE's extra
+  factor 10 is a recipe weight of 10. ``batch.text_anchors`` is [K, d_t] (shared) or [C, K, d_t]
+  (per class, picked by ``batch.labels``, as RISE does). The student's image is projected into
+  the teacher's dim. RISE's reference point is the class's prompt-ensemble text embedding; here
+  it is the teacher's image feature of the same item (available with cached teacher features and
+  per-item rather than per-class).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lakd.analysis.alignment import linear_cka
+from lakd.analysis.alignment import linear_cka_torch
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.logits import softmax_kl
 from lakd.distill.registry import DistillLoss, FeatureDims, register_loss
@@ -49,7 +51,7 @@ def relational_kl(batch: DistillBatch, modality: str, temperature: float) -> tor
 
 
 def relational_cka(batch: DistillBatch, modality: str, temperature: float) -> torch.Tensor:
-    return 1 - linear_cka(batch.student(modality), batch.teacher(modality, "relational"))
+    return 1 - linear_cka_torch(batch.student(modality), batch.teacher(modality, "relational"))
 
 
 RELATIONAL_METHODS = {"kl": relational_kl, "cka": relational_cka}
@@ -93,7 +95,10 @@ def anchors_per_item(batch: DistillBatch, loss: str) -> torch.Tensor:
 @register_loss("rise_relative")
 class RiseRelativeDistance(DistillLoss):
     """RISE relative-distance loss on images: softmax over text anchors of cosine / ``temperature``,
-    student (projected) vs teacher, squared difference summed over anchors, mean over items."""
+    student (projected) vs teacher, squared difference averaged over items and anchors (RISE's
+    ``F.mse_loss``; RISE weights it by 10)."""
+
+    batch_dependent = False
 
     def __init__(self, dims: FeatureDims, *, temperature: float = 1.0):
         super().__init__(dims)
@@ -115,4 +120,4 @@ class RiseRelativeDistance(DistillLoss):
             )
         student = self.distribution(batch.projected_hat("image", self.name), anchors)
         teacher = self.distribution(teacher_hat, anchors)
-        return (student - teacher).pow(2).sum(dim=1).mean()
+        return (student - teacher).pow(2).mean()
