@@ -1,5 +1,5 @@
-"""Released W-CLIP statistics (OpenAI CLIP ViT-L/14, MS-COCO): lakd recovers METRICS.md's offset
-ratios (about 1.00 image / 0.75 text) and the spectrum from Gaussian samples with that mean and
+"""Released W-CLIP statistics (OpenAI CLIP ViT-L/14, MS-COCO): lakd recovers the offset
+ratios reported for them in [DE] (about 1.00 image / 0.75 text; docs/metrics.md) and the spectrum from Gaussian samples with that mean and
 the covariance implied by the released PCA whitening matrix W = V S^(-1/2)."""
 
 import os
@@ -50,7 +50,7 @@ def samples():
 def test_offset_ratio_matches_published_value(samples, modality, expected):
     x, mean, eigenvalues, _ = samples[modality]
     population = np.linalg.norm(mean) / np.sqrt(eigenvalues.sum())
-    assert population == pytest.approx(expected, abs=0.01)  # METRICS.md: about 1.00 / 0.75
+    assert population == pytest.approx(expected, abs=0.01)  # [DE]: about 1.00 / 0.75
     assert offset_ratio(x) == pytest.approx(population, rel=0.01)
 
 
