@@ -1,6 +1,7 @@
-"""Released W-CLIP statistics (OpenAI CLIP ViT-L/14, MS-COCO): lakd recovers the offset
-ratios reported for them in [DE] (about 1.00 image / 0.75 text; docs/metrics.md) and the spectrum from Gaussian samples with that mean and
-the covariance implied by the released PCA whitening matrix W = V S^(-1/2)."""
+"""Released W-CLIP statistics (OpenAI CLIP ViT-L/14, MS-COCO): the offset
+ratios these statistics imply (about 1.00 image / 0.75 text) and lakd recovers them and the spectrum
+from Gaussian samples with that mean and the covariance implied by the released PCA whitening matrix
+W = V S^(-1/2)."""
 
 import os
 from pathlib import Path
@@ -50,7 +51,7 @@ def samples():
 def test_offset_ratio_matches_published_value(samples, modality, expected):
     x, mean, eigenvalues, _ = samples[modality]
     population = np.linalg.norm(mean) / np.sqrt(eigenvalues.sum())
-    assert population == pytest.approx(expected, abs=0.01)  # [DE]: about 1.00 / 0.75
+    assert population == pytest.approx(expected, abs=0.01)  # about 1.00 / 0.75
     assert offset_ratio(x) == pytest.approx(population, rel=0.01)
 
 
