@@ -200,6 +200,48 @@ def demo(
     run_demo(DemoConfig(out=str(out), n=n), echo=typer.echo)
 
 
+# ---- lakd train -------------------------------------------------------------------------------
+
+
+@app.command(
+    context_settings={"allow_extra_args": False},
+    help=(
+        "Train a CLIP student: lakd train CONFIG.yaml [key.sub=value ...] [--out DIR] [--max-steps N] "
+        "[--resume | --overwrite] [--device D].  lakd train plot RUN writes RUN/training.html and PNGs."
+    ),
+)
+def train(
+    args: Annotated[
+        list[str], typer.Argument(help="CONFIG.yaml then dotted overrides (optim.lr=3e-4 recipe=fd); or: plot RUN")
+    ],
+    out: Annotated[str | None, typer.Option("--out", help="Run folder (default: out in the config).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Stop once this many steps are done (resumable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous lakd run at --out.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: the config's).")] = None,
+) -> None:
+    """Train a student as a YAML config says (torchrun: ``torchrun --nproc-per-node N -m lakd train ...``)."""
+    if args[0] == "plot":
+        from lakd.train.plot import plot_run
+
+        if len(args) != 2:
+            raise LakdError("usage: lakd train plot RUN")
+        for path in plot_run(args[1]):
+            typer.echo(str(path))
+        return
+    from lakd.train import load_train_config
+    from lakd.train import train as run_train
+
+    config, overrides = args[0], list(args[1:])
+    if device is not None:
+        overrides.append(f"device={device}")
+    cfg = load_train_config(config, overrides)
+    path = run_train(cfg, out=out, max_steps=max_steps, resume=resume, overwrite=overwrite, echo=typer.echo)
+    typer.echo(f"run: {path}")
+
+
 # ---- lakd eval -------------------------------------------------------------------------------
 
 eval_app = typer.Typer(
