@@ -94,6 +94,9 @@ class RunFolder:
         if resume:
             if not self.is_run():
                 raise LakdError(f"{self.path}: not a lakd training run (no {self.marker.name}); nothing to resume")
+            for leftover in self.path.rglob(".*.tmp"):  # temp files of a killed run, never renamed
+                if leftover.is_file():
+                    leftover.unlink()
             return
         if exists and not overwrite:
             raise LakdError(
