@@ -26,6 +26,7 @@ from lakd.eval.inputs import EvalInputs
 from lakd.eval.probes import probe_conditions
 from lakd.eval.tasks import TASKS
 from lakd.eval.templates import DEFAULT_TEMPLATES
+from lakd.eval.truth import Truth, source_truth
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.models.encode import Encoded, collate_source, encode_batches
 from lakd.train.config import TrainConfig
@@ -56,6 +57,7 @@ class FixedSet:
         self.classnames = list(getattr(self.source, "classnames", None) or []) or None
         self.conditions = probe_conditions(self.source)
         self._batches: dict[int, list] = {}
+        self._truth: tuple[tuple[str, ...], Truth | None] | None = None
 
     def batches(self, encoder: Encoder) -> list:
         key = id(encoder.preprocess)
@@ -67,11 +69,19 @@ class FixedSet:
             self._batches[key] = batches
         return batches
 
+    def truth(self, encoded: Encoded) -> Truth | None:
+        """What is true of the set's images (:mod:`lakd.eval.truth`), computed once."""
+        key = tuple(encoded.ids)
+        if self._truth is None or self._truth[0] != key:
+            self._truth = (key, source_truth(self.source, encoded.ids, encoded.captions))
+        return self._truth[1]
+
     def inputs(self, encoded: Encoded, prompts: ClassPrompts | None, model: str) -> EvalInputs:
         conditions = None
         if self.conditions is not None:
             conditions = [self.conditions[item_id] for item_id in encoded.ids]
         return EvalInputs(
+            truth=self.truth(encoded),
             model=model,
             source=self.spec,
             path=Path(self.spec),
