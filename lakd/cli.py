@@ -192,12 +192,30 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path(
         "lakd_demo"
     ),
-    n: Annotated[int, typer.Option("--n", min=8, help="Scenes per split used by the demo.")] = 512,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (about a minute), for a smoke test.")] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Where the trained teacher is cached (default ~/.cache/lakd).")
+    ] = None,
+    recipe: Annotated[
+        list[str] | None, typer.Option("--recipe", help="Recipes to distil (repeatable; default all five).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data, the models and every sample.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
-    """Run the whole offline loop on the shapes world (replaces the demo's own output folder)."""
-    from lakd.demo import DemoConfig, run_demo
+    """Train a shapes-world teacher (cached), distil students with each recipe, evaluate, report."""
+    from lakd.demo import RECIPES, DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=str(out), n=n), echo=typer.echo)
+    run_demo(
+        DemoConfig(
+            out=str(out),
+            quick=quick,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            recipes=tuple(recipe or RECIPES),
+            seed=seed,
+            device=device,
+        ),
+        echo=typer.echo,
+    )
 
 
 # ---- lakd train -------------------------------------------------------------------------------

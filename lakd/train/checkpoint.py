@@ -179,7 +179,7 @@ def save_training_checkpoint(
     save_checkpoint(
         student,
         path,
-        extra={"train": {"step": step, **summary}},
+        extra={"train": summary},
         state={"training_state": training_state},
         durable=True,
     )

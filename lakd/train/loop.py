@@ -568,12 +568,22 @@ class _Steps:
             is_best = self._is_best()
             best = self.run.checkpoint(step) if is_best else self.run.pointer("best")
             path = save_training_checkpoint(
-                self.run, step, task.student, state, summary=self.last_eval,
+                self.run, step, task.student, state, summary=self._summary(step),
                 keep_last=self.cfg.checkpoint.keep_last, best=best,
             )
             if is_best:
                 set_best(self.run, path)
         distributed.barrier()
+
+    def _summary(self, step: int) -> dict[str, Any]:
+        """What a checkpoint's ``lakd.train`` metadata says: step, recipe, teacher and latest evaluation."""
+        teacher = self.cfg.teacher
+        return {
+            "step": step,
+            "recipe": self.cfg.recipe,
+            "teacher": teacher.model or teacher.store if teacher.kind != "none" else None,
+            **self.last_eval,
+        }
 
     def _is_best(self) -> bool:
         name = self.cfg.checkpoint.best_metric
@@ -591,7 +601,7 @@ class _Steps:
         """The final student: ``student.pt`` (with its heads) and ``student-local-dir``."""
         if self.context.is_main:
             student = self.setup.task.student
-            save_checkpoint(student, self.run.student, extra={"train": {"step": stop, **self.last_eval}})
+            save_checkpoint(student, self.run.student, extra={"train": self._summary(stop)})
             export_local_dir(unwrap(student), self.run.local_dir, overwrite=True)
             summary = self.last_eval.get("eval") or {}
             keys = [k for k in summary if k.endswith("recall@1") or k in ("zeroshot/acc1",)]
