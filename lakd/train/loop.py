@@ -33,7 +33,7 @@ from lakd.data.store import EmbeddingStore
 from lakd.distill import Recipe, StudentWithHeads
 from lakd.distill.heads import embed_dim_of
 from lakd.errors import LakdError
-from lakd.eval.templates import DEFAULT_TEMPLATES
+from lakd.eval.templates import source_templates
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.models import export_local_dir, load_model, save_checkpoint
 from lakd.models.checkpoint import unwrap
@@ -286,7 +286,7 @@ def _text_anchors(cfg: TrainConfig, teacher: Encoder | None, source, device: str
             "training data with class names"
         )
     return embed_class_prompts(
-        teacher.model, teacher.tokenizer, classnames, list(DEFAULT_TEMPLATES), device=device
+        teacher.model, teacher.tokenizer, classnames, source_templates(source), device=device
     ).to(device)
 
 
