@@ -302,11 +302,14 @@ def pixel_size(info: FigureInfo) -> tuple[int, int]:
     return round(info.size[0] * DPI), round(info.size[1] * DPI)
 
 
-def save_figure(info: FigureInfo, view: object, folder: Path) -> Path:
-    """Draw one figure from its view and write ``folder/<name>.png`` atomically."""
+def save_figure(
+    info: FigureInfo, view: object, folder: Path, draw: Callable[[Figure, object], None] | None = None
+) -> Path:
+    """Draw one figure from its view (with ``draw``, default the :data:`DRAW` entry of its name) and
+    write ``folder/<name>.png`` atomically."""
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=info.size, dpi=DPI, layout="constrained")
-        DRAW[info.name](fig, view)
+        (draw or DRAW[info.name])(fig, view)
         fig.suptitle(info.title, fontsize=9)
         path = folder / f"{info.name}.png"
         with atomic_path(path) as tmp:

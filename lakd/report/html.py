@@ -381,32 +381,43 @@ def least_conforming(data: ReportData, count: int = 5) -> str:
 def render_page(data: ReportData, views: dict[FigureInfo, object]) -> str:
     """The whole report page of ``data`` with the figures of ``views`` (from
     :func:`lakd.report.views.figure_views`); plotly.js is inlined once, by the first figure."""
-    metrics, sections = data.meta, []
-    for number, (info, view) in enumerate(views.items()):
-        fig = BUILD[info.name](view)
-        fig.update_layout(
-            height=fig.layout.height or FIGURE_HEIGHT,
-            template="plotly_white",
-            margin={"t": 60, "b": 40},
-            legend={"font": {"size": 10}},
-        )
-        div = fig.to_html(
-            full_html=False, include_plotlyjs=number == 0, config=PLOTLY_CONFIG, div_id=f"figure-{info.name}"
-        )
-        sections.append(
-            f"<section class='figure' id='{info.name}'><h3>{esc(info.title)}</h3>"
-            f"<p class='caption'>{esc(info.caption)}</p>{div}</section>"
-        )
+    metrics = data.meta
+    sections = [
+        figure_section(info, BUILD[info.name](view), first=number == 0)
+        for number, (info, view) in enumerate(views.items())
+    ]
     legend = esc(metrics["verdict_rule"])
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>lakd geometry report: {esc(', '.join(m['name'] for m in metrics['models']))}</title>"
-        f"<style>{STYLE}</style></head><body>"
+    return page(
+        f"lakd geometry report: {', '.join(m['name'] for m in metrics['models'])}",
         f"<h1>Geometry report</h1>{description(metrics)}"
         f"<h2>Summary</h2><p class='legend'><span class='towards' style='background:#d9f2d9'>towards</span>"
         f"<span style='background:#f8d7d7'>away</span>{legend}</p>{summary_table(metrics)}"
         f"<p class='meta'>{esc(metrics['alignment']['note'])}</p>"
         f"<h2>Figures</h2>{''.join(sections)}{least_conforming(data)}"
         "<p class='meta'>Source of truth: metrics.json (every metric), metrics.csv (one row per model and "
-        "modality), figures/*.png.</p></body></html>\n"
+        "modality), figures/*.png.</p>",
+    )
+
+
+def figure_section(info: FigureInfo, fig: go.Figure, *, first: bool) -> str:
+    """One figure of a page: its title, caption and interactive plotly figure (``first``: the page's
+    first figure, which inlines plotly.js)."""
+    fig.update_layout(
+        height=fig.layout.height or FIGURE_HEIGHT,
+        template="plotly_white",
+        margin={"t": 60, "b": 40},
+        legend={"font": {"size": 10}},
+    )
+    div = fig.to_html(full_html=False, include_plotlyjs=first, config=PLOTLY_CONFIG, div_id=f"figure-{info.name}")
+    return (
+        f"<section class='figure' id='{esc(info.name)}'><h3>{esc(info.title)}</h3>"
+        f"<p class='caption'>{esc(info.caption)}</p>{div}</section>"
+    )
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained page: ``title`` (raw text, escaped here) and ``body`` (HTML)."""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
