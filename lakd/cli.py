@@ -242,7 +242,7 @@ def train(
 ) -> None:
     """Train a student as a YAML config says (torchrun: ``torchrun --nproc-per-node N -m lakd train ...``)."""
     if args[0] == "plot":
-        from lakd.train.plot import plot_run
+        from lakd.report.training import plot_run
 
         if len(args) != 2:
             raise LakdError("usage: lakd train plot RUN")

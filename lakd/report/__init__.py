@@ -9,6 +9,10 @@ for one or more models (or embedding stores) on the same items.
 - :mod:`~lakd.report.table`: summary rows, metrics.csv, the terminal summary; the metrics it lists
   and their closeness rules are :data:`lakd.analysis.result.METRICS`.
 - :mod:`~lakd.report.build`: :func:`geometry_report`, which runs it all.
+
+Training curves (``lakd train plot RUN``): :mod:`~lakd.report.curves` builds one view per figure
+from a run's metrics.jsonl (read by :mod:`~lakd.report.run`), :mod:`~lakd.report.training` draws
+them (PNGs and training.html).
 """
 
 from lakd.report.build import ReportConfig, geometry_report, report_summary
