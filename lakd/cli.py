@@ -464,7 +464,8 @@ def geometry_report_command(
         typer.Option("--embeddings", help="Embedding store instead of a model (repeatable)."),
     ] = None,
     data: Annotated[
-        str | None, typer.Option("--data", help="Data the models are embedded on (default shapes:val).")
+        str | None,
+        typer.Option("--data", help="Data the models are embedded on (default shapes:val; with --run its eval.data)."),
     ] = None,
     overwrite: Annotated[
         bool,
@@ -482,9 +483,18 @@ def geometry_report_command(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of every sample and of t-SNE.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    run: Annotated[
+        str | None,
+        typer.Option("--run", help="A lakd train run folder: its teacher vs its checkpoints, on its eval.data."),
+    ] = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option("--checkpoints", help="With --run: all, or steps such as 100,300 (default: first, middle, last)."),
+    ] = None,
     data_flags: DataFlags | None = None,
 ) -> None:
-    """Geometry report of one or more models: report.html, figures/*.png, metrics.json, metrics.csv."""
+    """Geometry report of one or more models, or of a training run's checkpoints (--run): report.html,
+    figures/*.png, metrics.json, metrics.csv."""
     from lakd.report import ReportConfig, geometry_report, report_summary
 
     cfg = ReportConfig(
@@ -501,6 +511,8 @@ def geometry_report_command(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        run=run,
+        checkpoints=checkpoints,
         source_options=data_flags.options,
     )
     typer.echo(report_summary(geometry_report(cfg)))

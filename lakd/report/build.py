@@ -5,7 +5,8 @@ output folder), then builds the report in a temporary folder beside ``out`` and 
 place (:func:`lakd.io.atomic_dir`): models are embedded into ``embeddings/`` (reused from a previous
 report at ``out`` when overwriting), each model is analysed (:func:`lakd.analysis.analyze`; against
 the reference, i.e. the teacher or the first entry, for the alignment metrics), and the folder gets
-``metrics.json`` (source of truth), ``metrics.csv``, ``figures/*.png`` and ``report.html``.
+``metrics.json`` (source of truth), ``metrics.csv``, ``figures/*.png`` and ``report.html``. With
+``run``, the entries are a training run's teacher and checkpoints (:mod:`lakd.report.run`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from lakd.report.inputs import (
     row_labels,
 )
 from lakd.report.points import ReportData, modality_view, model_data
+from lakd.report.run import run_entries
 from lakd.report.table import legend_text, metrics_frame, summary_rows, terminal_summary
 from lakd.report.views import figure_views
 
@@ -57,6 +59,12 @@ class ReportConfig:
     drawn in scatter plots; ``tsne_items``: rows per modality in the t-SNE; ``similarity_items``:
     images in the similarity matrices. ``text_view``: ``paired`` (each item's first caption) or
     ``all`` (every caption). ``analysis``: full analysis settings (default: from sample_size, seed).
+
+    ``run``: a ``lakd train`` run folder instead of ``models`` / ``students`` / ``embeddings``: its
+    teacher (``teacher`` when given, else the run's ``teacher.model``, else its ``teacher.eval_store``;
+    without one the first checkpoint is the reference) and its checkpoints ``checkpoints`` (None: the
+    first, middle and last; ``all``; or steps ``100,300``), named ``step N``, on ``data`` (default: the
+    run's ``eval.data``).
     """
 
     out: str
@@ -76,6 +84,8 @@ class ReportConfig:
     device: str = "cpu"
     text_view: str = "paired"
     chunk_size: int = 8192
+    run: str | None = None
+    checkpoints: str | None = None
     source_options: SourceOptions = field(default_factory=SourceOptions)
     analysis: AnalysisConfig | None = None
 
@@ -96,6 +106,13 @@ class ReportConfig:
             raise LakdError(f"--text-view: unknown {self.text_view!r} (choose from {', '.join(TEXT_VIEWS)})")
         if not self.out:
             raise LakdError("--out: give the report folder to write")
+        if self.checkpoints is not None and not self.run:
+            raise LakdError("--checkpoints: only used with --run")
+        if self.run and (self.models or self.students or self.embeddings or self.names):
+            raise LakdError(
+                "--run: compares the run's teacher and checkpoints (named step N); give no --model, --student, "
+                "--embeddings or names"
+            )
         self.analysis_config().validate()
         return self
 
@@ -115,9 +132,14 @@ def geometry_report(cfg: ReportConfig) -> Path:
     """
     cfg.validate()
     out = Path(cfg.out).resolve()
-    inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students, cfg.names)
-    check_output(out, cfg.overwrite, input_paths(inputs, cfg.data, cfg.source_options))
-    data, stores = resolve_inputs(inputs, cfg.data, cfg.source_options)
+    run, data = None, cfg.data
+    if cfg.run:
+        entries = run_entries(cfg.run, cfg.checkpoints, cfg.data, cfg.teacher)
+        inputs, data, run = entries.inputs, entries.data, entries.description
+    else:
+        inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students, cfg.names)
+    check_output(out, cfg.overwrite, input_paths(inputs, data, cfg.source_options))
+    data, stores = resolve_inputs(inputs, data, cfg.source_options)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         cache = tmp / CACHE_DIR
         if data is not None:
@@ -131,7 +153,7 @@ def geometry_report(cfg: ReportConfig) -> Path:
             batch_size=cfg.batch_size,
             device=cfg.device,
         )
-        write_report(assemble(cfg, inputs, opened, data, root=tmp), tmp)
+        write_report(assemble(cfg, inputs, opened, data, root=tmp, run=run), tmp)
     return out
 
 
@@ -153,9 +175,11 @@ def assemble(
     stores: dict[str, EmbeddingStore],
     data: str | None,
     root: Path,
+    run: dict | None = None,
 ) -> ReportData:
-    """Analyse every store, sample its rows for the figures, and describe the run (store paths
-    inside the report folder ``root`` are recorded relative to it)."""
+    """Analyse every store, sample its rows for the figures, and describe the report (store paths
+    inside the report folder ``root`` are recorded relative to it; ``run``: the training run the
+    entries come from)."""
     config = cfg.analysis_config()
     sources = {name: chunk_sources(store, cfg.text_view, cfg.chunk_size) for name, store in stores.items()}
     reference = inputs[0].name
@@ -194,6 +218,7 @@ def assemble(
         "format": REPORT_FORMAT,
         "lakd_version": __version__,
         "data": data,
+        "run": run,
         "source_options": asdict(cfg.source_options),
         "n_items": first.n_items,
         "text_view": cfg.text_view,

@@ -345,6 +345,17 @@ def data_description(metrics: dict) -> str:
     return f"embedding stores of {', '.join(sources)}"
 
 
+def run_description(run: dict | None) -> str:
+    """The training run a report's entries come from (escaped HTML; "" for none)."""
+    if not run:
+        return ""
+    teacher = f"{run['teacher']} ({run['teacher_from']})" if run["teacher"] else "none (the first checkpoint is the reference)"
+    return (
+        f"<p class='meta'>training run {esc(run['path'])} (student {esc(run['student'])}): checkpoints of steps "
+        f"{esc(', '.join(map(str, run['steps'])))}; teacher {esc(teacher)}</p>"
+    )
+
+
 def description(metrics: dict) -> str:
     """Data, items, models (role, spec, dims, store) and sampling, as escaped HTML."""
     models = "".join(
@@ -354,6 +365,7 @@ def description(metrics: dict) -> str:
     )
     sampling = metrics["sampling"]
     return (
+        f"{run_description(metrics.get('run'))}"
         f"<p class='meta'>data: {esc(data_description(metrics))} &middot; {metrics['n_items']} items &middot; "
         f"text: {esc(metrics['text_view_description'])} &middot; analysis sample {sampling['analysis_sample_size']}, "
         f"plotted {sampling['plot_points']}, t-SNE {sampling['tsne_items']} items per modality, seed {sampling['seed']}"
