@@ -7,7 +7,7 @@
    teacher is printed as such, a killed one resumed).
 3. The teacher's embeddings of the training data, once (an embedding store beside the cached
    teacher), and its whitening statistics.
-4. Students of a smaller config (``lakd:micro-vit``) distilled from the cached embeddings with the
+4. Students of a smaller config (``lakd:micro-mobilenet``) distilled from the cached embeddings with the
    same seed and step budget for each recipe (``none``, ``fd``, ``whitened_fd``, ``clip_kd``,
    ``geometry``; the settings of ``experiments/shapes/distill.yaml``, :data:`STUDENT`).
 5. Every model evaluated on the fixed sets at the end of its run (retrieval and zero-shot on the
@@ -40,26 +40,26 @@ RECIPES = ("none", "fd", "whitened_fd", "clip_kd", "geometry")
 # experiments/shapes/teacher.yaml (a test keeps the two equal)
 TEACHER: dict[str, Any] = {
     "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1},
-    "student": {"model": "lakd:tiny-vit"},
+    "student": {"model": "lakd:tiny-resnet"},
     "recipe": "none",
     "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
-    "schedule": {"steps": 1200, "warmup": 100},
-    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 300},
+    "schedule": {"steps": 1500, "warmup": 100},
+    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 500},
     "track": {"sample_size": 512},
-    "checkpoint": {"every": 300, "keep_last": 2},
+    "checkpoint": {"every": 500, "keep_last": 2},
     "log_every": 20,
     "seed": 0,
 }
 # experiments/shapes/distill.yaml without its teacher section (filled in by the demo)
 STUDENT: dict[str, Any] = {
     "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1},
-    "student": {"model": "lakd:micro-vit"},
+    "student": {"model": "lakd:micro-mobilenet"},
     "recipe": "fd",
     "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
-    "schedule": {"steps": 600, "warmup": 50},
-    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 200},
+    "schedule": {"steps": 400, "warmup": 40},
+    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 400},
     "track": {"sample_size": 512},
-    "checkpoint": {"every": 200, "keep_last": 1},
+    "checkpoint": {"every": 400, "keep_last": 1},
     "log_every": 20,
     "seed": 0,
 }
