@@ -3,6 +3,7 @@ their final evaluations, one geometry report with its diagnosis, and the table."
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def test_demo_trains_evaluates_and_reports(demo):
     for entry in diagnosis["fd"]["properties"]:
         assert entry["distance"] > 1 and entry["term"] and len(entry["evidence"]) == 2
     assert "what the students did not inherit:" in second and f"report: {out / 'report' / 'report.html'}" in second
+    page = (out / "report" / "report.html").read_text()
+    assert page.index("What the students did not inherit") < page.index("<h2>Summary</h2>")  # at the top
+    for entry in diagnosis["fd"]["properties"]:
+        assert html.escape(entry["label"]) in page
 
 
 def test_table_rows_come_from_the_runs_and_the_report(demo):

@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lakd.report.diagnosis import describe
 from lakd.report.pairwise import AlignmentView
 from lakd.report.points import ReportData
 from lakd.report.series import Points, Series, Steps
@@ -401,13 +402,31 @@ def render_page(data: ReportData, views: dict[FigureInfo, object]) -> str:
     legend = esc(metrics["verdict_rule"])
     return page(
         f"lakd geometry report: {', '.join(m['name'] for m in metrics['models'])}",
-        f"<h1>Geometry report</h1>{description(metrics)}"
+        f"<h1>Geometry report</h1>{description(metrics)}{diagnosis_section(metrics)}"
         f"<h2>Summary</h2><p class='legend'><span class='towards' style='background:#d9f2d9'>towards</span>"
         f"<span style='background:#f8d7d7'>away</span>{legend}</p>{summary_table(metrics)}"
         f"<p class='meta'>{esc(metrics['alignment']['note'])}</p>"
         f"<h2>Figures</h2>{''.join(sections)}{least_conforming(data)}"
         "<p class='meta'>Source of truth: metrics.json (every metric), metrics.csv (one row per model and "
         "modality), figures/*.png.</p>",
+    )
+
+
+def diagnosis_section(metrics: dict) -> str:
+    """What each student did not inherit (:mod:`lakd.report.diagnosis`), at the top of the page."""
+    diagnosis = metrics.get("diagnosis")
+    if not diagnosis:
+        return ""
+    parts = []
+    for line in describe(diagnosis):  # a student's line, then its properties (indented)
+        parts.append(f"<li>{esc(line.strip())}</li>" if line.startswith("  ") else f"</ul><p>{esc(line)}</p><ul>")
+    items = "".join(parts)
+    return (
+        "<h2 id='diagnosis'>What the students did not inherit</h2>"
+        "<p class='legend'>For each student, the geometry properties farthest from the reference's, in units "
+        "of each property's tolerance, the recipe term that targets each (docs/losses.md), and how far every "
+        "student moved it against the baseline student.</p>"
+        f"<div class='diagnosis'><ul>{items}</ul></div>"
     )
 
 
