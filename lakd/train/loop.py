@@ -119,7 +119,11 @@ class MetricsLog:
     def __init__(self, path: Path, *, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _step_of(line) <= resume_step]
+            kept = [  # a line cut by a kill does not parse and is dropped with the steps after the checkpoint
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if _parse(line) and _step_of(line) <= resume_step
+            ]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         elif resume_step is None:
             path.write_text("", encoding="utf-8")
