@@ -163,7 +163,7 @@ def test_store_of_another_model_is_refused_without_overwrite(tmp_path, counting)
     embed(config(tmp_path))
     other = config(tmp_path)
     other.model = "lakd:tiny-resnet"
-    with pytest.raises(LakdError, match=r"model='lakd:tiny-vit'.*--overwrite"):
+    with pytest.raises(LakdError, match=r"model='lakd:tiny-vit'.*use `overwrite`"):
         embed(other)
     other.overwrite = True
     counting["images"] = 0

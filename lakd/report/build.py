@@ -54,7 +54,9 @@ class ReportConfig:
     their item count). ``sample_size``: rows per modality the analysis samples; ``plot_points``: rows
     drawn in scatter plots; ``tsne_items``: rows per modality in the t-SNE; ``similarity_items``:
     images in the similarity matrices. ``text_view``: ``paired`` (each item's first caption) or
-    ``all`` (every caption). ``analysis``: full analysis settings (default: from sample_size, seed).
+    ``all`` (every caption). ``allow_nonfinite``: drop NaN/Inf rows of the stores (with a count; the
+    stores must still hold the same items) instead of failing. ``analysis``: full analysis settings
+    (default: from sample_size, seed).
     """
 
     out: str
@@ -73,6 +75,7 @@ class ReportConfig:
     device: str = "cpu"
     text_view: str = "paired"
     chunk_size: int = 8192
+    allow_nonfinite: bool = False
     source_options: SourceOptions = field(default_factory=SourceOptions)
     analysis: AnalysisConfig | None = None
 
@@ -88,11 +91,11 @@ class ReportConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise LakdError(f"report {name}: must be an integer >= {least}, got {value!r}")
+                raise LakdError(f"{name}: must be an integer >= {least}, got {value!r}")
         if self.text_view not in TEXT_VIEWS:
-            raise LakdError(f"--text-view: unknown {self.text_view!r} (choose from {', '.join(TEXT_VIEWS)})")
+            raise LakdError(f"text_view: unknown {self.text_view!r} (choose from {', '.join(TEXT_VIEWS)})")
         if not self.out:
-            raise LakdError("--out: give the report folder to write")
+            raise LakdError("out: give the report folder to write")
         self.analysis_config().validate()
         return self
 
@@ -114,7 +117,7 @@ def geometry_report(cfg: ReportConfig) -> Path:
     out = Path(cfg.out).resolve()
     inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students)
     check_output(out, cfg.overwrite, input_paths(inputs, cfg.data, cfg.source_options))
-    data, stores = resolve_inputs(inputs, cfg.data, cfg.source_options)
+    data, stores = resolve_inputs(inputs, cfg.data, cfg.source_options, allow_nonfinite=cfg.allow_nonfinite)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         cache = tmp / CACHE_DIR
         if data is not None:
@@ -127,6 +130,7 @@ def geometry_report(cfg: ReportConfig) -> Path:
             options=cfg.source_options,
             batch_size=cfg.batch_size,
             device=cfg.device,
+            allow_nonfinite=cfg.allow_nonfinite,
         )
         write_report(assemble(cfg, inputs, opened, data, root=tmp), tmp)
     return out
@@ -227,6 +231,7 @@ def describe_model(entry: ModelInput, store: EmbeddingStore, root: Path) -> dict
         "source": store.meta.get("source"),
         "embeddings": str(path),
         "dims": {"image": store.dim("image"), "text": store.dim("text")},
+        "dropped_nonfinite": {"items": store.n_dropped_items, "texts": store.n_dropped_texts},
     }
 
 
