@@ -18,7 +18,7 @@ import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -94,20 +94,23 @@ class _RunningCommand:
 _running: _RunningCommand | None = None
 
 
-def _note_command(ctx: typer.Context, fields: Iterator[str] | None, values: Mapping[str, Any] | None = None) -> None:
+def _note_command(
+    ctx: typer.Context, fields: Iterator[str] | None, values: Mapping[str, Any] | None = None
+) -> None:
     """Record the running command (``ctx``) for the error printer; ``fields``: its config's fields
-    (None: the command's own parameter names)."""
+    (None: the command's own parameter names); ``values``: its config's values."""
     global _running
     command = ctx.command
     options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
     names = [p.name for p in command.params] if fields is None else list(fields)
     flags = {name: field_flag(name) for name in names if field_flag(name) in options}
-    _running = _RunningCommand(flags, frozenset(_strings(values or {})))
+    given = {*_strings(ctx.params), *_strings(values or {})}
+    _running = _RunningCommand(flags, frozenset(given))
 
 
 def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
+    if isinstance(value, str | PurePath):
+        yield str(value)
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from _strings(item)

@@ -88,6 +88,14 @@ def test_printer_rewrites_only_the_fields_the_command_has():
     assert given.show("out: already exists (use `out`)") == "out: already exists (use --out)"
 
 
+def test_a_value_that_starts_a_message_is_not_taken_for_a_field(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    assert main(["data", "shapes", "--out", "out", "--n", "2"]) == 1
+    assert capsys.readouterr().err == "error: out: already exists (use --overwrite to replace it)\n"
+
+
 def test_warnings_name_flags_too(monkeypatch):
     monkeypatch.setattr(cli, "_running", cli._RunningCommand({"allow_nonfinite": "--allow-nonfinite"}))
     record = logging.LogRecord("lakd.data.store", logging.WARNING, __file__, 1, "s: dropped 2 (`allow_nonfinite`)", None, None)
