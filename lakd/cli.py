@@ -46,6 +46,7 @@ FIELD_FLAGS: dict[str, str] = {
     "models": "--model",  # lakd geometry report (repeatable)
     "students": "--student",  # lakd geometry report (repeatable)
     "modalities": "--modality",  # lakd whiten fit (repeatable)
+    "recipes": "--recipe",  # lakd demo (repeatable)
 }
 
 
@@ -307,12 +308,74 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path(
         "lakd_demo"
     ),
-    n: Annotated[int, typer.Option("--n", min=8, help="Scenes per split used by the demo.")] = 512,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny budgets (about a minute), for a smoke test.")] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Where the trained teacher is cached (default ~/.cache/lakd).")
+    ] = None,
+    recipe: Annotated[
+        list[str] | None, typer.Option("--recipe", help="Recipes to distil (repeatable; default all five).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data, the models and every sample.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
 ) -> None:
-    """Run the whole offline loop on the shapes world (replaces the demo's own output folder)."""
-    from lakd.demo import DemoConfig, run_demo
+    """Train a shapes-world teacher (cached), distil students with each recipe, evaluate, report."""
+    from lakd.demo import RECIPES, DemoConfig, run_demo
 
-    run_demo(build_config(ctx, DemoConfig, {"out": str(out), "n": n}), echo=typer.echo)
+    cfg = build_config(
+        ctx,
+        DemoConfig,
+        {
+            "out": str(out),
+            "quick": quick,
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            "recipes": list(recipe or RECIPES),
+            "seed": seed,
+            "device": device,
+        },
+    )
+    run_demo(cfg, echo=typer.echo)
+
+
+# ---- lakd train -------------------------------------------------------------------------------
+
+
+@app.command(
+    context_settings={"allow_extra_args": False},
+    help=(
+        "Train a CLIP student: lakd train CONFIG.yaml [key.sub=value ...] [--out DIR] [--max-steps N] "
+        "[--resume | --overwrite] [--device D].  lakd train plot RUN writes RUN/training.html and PNGs."
+    ),
+)
+def train(
+    args: Annotated[
+        list[str], typer.Argument(help="CONFIG.yaml then dotted overrides (optim.lr=3e-4 recipe=fd); or: plot RUN")
+    ],
+    out: Annotated[str | None, typer.Option("--out", help="Run folder (default: out in the config).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, help="Stop once this many steps are done (resumable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous lakd run at --out.")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: the config's).")] = None,
+) -> None:
+    """Train a student as a YAML config says (torchrun: ``torchrun --nproc-per-node N -m lakd train ...``)."""
+    if args[0] == "plot":
+        from lakd.train.plot import plot_run
+
+        if len(args) != 2:
+            raise LakdError("usage: lakd train plot RUN")
+        for path in plot_run(args[1]):
+            typer.echo(str(path))
+        return
+    from lakd.train import load_train_config
+    from lakd.train import train as run_train
+
+    config, overrides = args[0], list(args[1:])
+    if device is not None:
+        overrides.append(f"device={device}")
+    cfg = load_train_config(config, overrides)
+    path = run_train(cfg, out=out, max_steps=max_steps, resume=resume, overwrite=overwrite, echo=typer.echo)
+    typer.echo(f"run: {path}")
 
 
 # ---- lakd eval -------------------------------------------------------------------------------

@@ -1,36 +1,90 @@
-"""``lakd demo``: the most complete offline loop that exists, on the shapes world.
+"""``lakd demo``: the whole loop, for real, offline, on the shapes world.
 
-Today: export a shapes-world split, build the shipped tiny models (random init) and save them as
-lakd checkpoints, embed the data with each checkpoint into an embedding store, fit the first
-model's (the teacher's) whitening statistics, evaluate every model (zero-shot classification and
-retrieval on the exported split, compositional probes on ``shapes:probes``), and end with the
-geometry report of the teacher (256-d) against the student (128-d), printing its summary and the
-path of report.html. Training joins here when it lands.
+1. The shapes world: training, validation and probe scenes, generated on the fly from the seed.
+2. A teacher CLIP trained by :func:`lakd.train.train` with the settings of
+   ``experiments/shapes/teacher.yaml`` (:data:`TEACHER`), or reused from the cache
+   (``~/.cache/lakd`` or ``cache_dir``; keyed by its configuration and lakd's version; a reused
+   teacher is printed as such, a killed one resumed).
+3. The teacher's embeddings of the training data, once (an embedding store beside the cached
+   teacher), and its whitening statistics.
+4. Students of a smaller config (``lakd:micro-vit``) distilled from the cached embeddings with the
+   same seed and step budget for each recipe (``none``, ``fd``, ``whitened_fd``, ``clip_kd``,
+   ``geometry``; the settings of ``experiments/shapes/distill.yaml``, :data:`STUDENT`).
+5. Every model evaluated on the fixed sets at the end of its run (retrieval and zero-shot on the
+   shapes world's truth, the four probe conditions), and one geometry report of the teacher against
+   every student, with its diagnosis of what each student did not inherit.
+6. A table (one row per model) and the path of report.html.
+
+``quick`` shrinks every budget (about a minute; what the test suite runs).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+import lakd
 from lakd.errors import LakdError
 
 MARKER = ".lakd_demo"
+RECIPES = ("none", "fd", "whitened_fd", "clip_kd", "geometry")
+
+# experiments/shapes/teacher.yaml (a test keeps the two equal)
+TEACHER: dict[str, Any] = {
+    "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1},
+    "student": {"model": "lakd:tiny-vit"},
+    "recipe": "none",
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
+    "schedule": {"steps": 1200, "warmup": 100},
+    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 300},
+    "track": {"sample_size": 512},
+    "checkpoint": {"every": 300, "keep_last": 2},
+    "log_every": 20,
+    "seed": 0,
+}
+# experiments/shapes/distill.yaml without its teacher section (filled in by the demo)
+STUDENT: dict[str, Any] = {
+    "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1},
+    "student": {"model": "lakd:micro-vit"},
+    "recipe": "fd",
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
+    "schedule": {"steps": 600, "warmup": 50},
+    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 200},
+    "track": {"sample_size": 512},
+    "checkpoint": {"every": 200, "keep_last": 1},
+    "log_every": 20,
+    "seed": 0,
+}
+QUICK: dict[str, str] = {  # overrides of both for --quick
+    "data.train": "shapes:train?n=256&image_size=32",
+    "data.batch_size": "32",
+    "data.workers": "0",
+    "eval.data": "shapes:val?n=48&image_size=32",
+    "eval.probes": "shapes:probes?n=24&image_size=32",
+    "track.sample_size": "48",
+}
+QUICK_STEPS = {"teacher": 30, "student": 12}
 
 
 @dataclass
 class DemoConfig:
-    """Where the demo writes, how many scenes it uses, and which shipped models it runs."""
+    """Where the demo writes (``out``, replaced on the next run), where the teacher is cached
+    (``cache_dir``, default ``~/.cache/lakd``), the recipes, ``quick`` budgets, seed and device."""
 
     out: str = "lakd_demo"
-    n: int = 512
+    cache_dir: str | None = None
+    recipes: tuple[str, ...] = RECIPES
+    quick: bool = False
     seed: int = 0
-    models: tuple[str, ...] = field(default=("lakd:tiny-vit", "lakd:tiny-resnet"))
-    batch_size: int = 64
-    tsne_items: int = 300
-    probes: int = 200
+    device: str = "cpu"
 
 
 def _fresh_output(out: Path) -> None:
@@ -43,75 +97,174 @@ def _fresh_output(out: Path) -> None:
     (out / MARKER).write_text("written by lakd demo; replaced on the next run\n")
 
 
-def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Path]:
-    """Run the demo and return the paths it wrote, by name."""
-    from lakd.data.shapes import export_shapes
-    from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
-    from lakd.eval import EvalConfig, evaluate
-    from lakd.eval.results import format_summary
-    from lakd.models import ModelSpec, load_model, save_checkpoint
-    from lakd.models.embed import EmbedConfig, embed
-    from lakd.report import ReportConfig, geometry_report, report_summary
+def _overrides(cfg: DemoConfig, role: str) -> list[str]:
+    values = {"seed": str(cfg.seed), "device": cfg.device}
+    if cfg.quick:
+        steps = QUICK_STEPS[role]
+        values.update(QUICK)
+        values.update({"schedule.steps": str(steps), "schedule.warmup": "2", "eval.every": str(steps)})
+        values.update({"checkpoint.every": str(steps), "log_every": "5"})
+    return [f"{key}={value}" for key, value in values.items()]
 
+
+def teacher_config(cfg: DemoConfig):
+    """The teacher's :class:`~lakd.train.TrainConfig` for this demo."""
+    from lakd.train import load_train_config
+
+    return load_train_config(mapping=TEACHER, overrides=_overrides(cfg, "teacher"))
+
+
+def student_config(cfg: DemoConfig, recipe: str, *, store: Path, teacher: Path, whitening: Path):
+    """A student's :class:`~lakd.train.TrainConfig`: the cached teacher ``store``, the teacher
+    checkpoint (its reference geometry) and whitening statistics, ``recipe``."""
+    from lakd.train import load_train_config
+
+    teacher_section = {
+        "kind": "cached",
+        "store": str(store),
+        "model": str(teacher),
+        "whitening": str(whitening),
+    }
+    mapping = {**STUDENT, "teacher": teacher_section, "recipe": recipe}
+    return load_train_config(mapping=mapping, overrides=_overrides(cfg, "student"))
+
+
+def cache_root(cfg: DemoConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lakd"
+
+
+def teacher_key(train_cfg) -> str:
+    """What names a cached teacher: its configuration and the lakd version that trained it."""
+    from lakd.config import to_mapping
+
+    text = yaml.safe_dump(to_mapping(train_cfg), sort_keys=True) + lakd.__version__
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def teacher_run(cfg: DemoConfig, echo: Callable[[str], None]) -> Path:
+    """The cached teacher's run folder, trained (or resumed) when it is not complete."""
+    from lakd.train import train
+    from lakd.train.checkpoint import RunFolder
+
+    train_cfg = teacher_config(cfg)
+    run = RunFolder(cache_root(cfg) / f"demo-teacher-{teacher_key(train_cfg)}")
+    if run.student.is_file() and run.is_run():
+        echo(f"teacher: reusing the cached teacher {run.path} (delete it to train again)")
+        return run.path
+    resume = run.is_run() and bool(run.steps())
+    echo(f"teacher: {'resuming' if resume else 'training'} {train_cfg.student.model} on {train_cfg.data.train} -> {run.path}")
+    train(train_cfg, out=str(run.path), resume=resume, overwrite=run.is_run() and not resume, echo=echo)
+    return run.path
+
+
+def final_eval(run: Path) -> dict[str, Any]:
+    """The last evaluation line of a run's metrics.jsonl."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    evals = [line for line in lines if line.get("kind") == "eval"]
+    if not evals:
+        raise LakdError(f"{run / 'metrics.jsonl'}: the run has no evaluation")
+    return evals[-1]
+
+
+@dataclass
+class DemoResult:
+    """What the demo wrote: the teacher's run, each student's run by recipe, the report folder and
+    the table (a pandas DataFrame, also ``summary.csv``)."""
+
+    teacher: Path
+    students: dict[str, Path]
+    report: Path
+    table: Any
+
+
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo (module docstring) and return what it wrote."""
+    from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
+    from lakd.models.embed import cached_embed
+    from lakd.report import ReportConfig, geometry_report
+    from lakd.report.diagnosis import format_diagnosis
+    from lakd.train import train
+
+    unknown = [r for r in cfg.recipes if r not in RECIPES]
+    if unknown:
+        raise LakdError(f"recipes: unknown {', '.join(unknown)} (choose from {', '.join(RECIPES)})")
     out = Path(cfg.out)
     _fresh_output(out)
-    written: dict[str, Path] = {}
-
-    data_dir = export_shapes(out / "data" / "shapes-val", split="val", n=cfg.n, seed=cfg.seed)
-    written["data"] = data_dir
-    echo(f"shapes world: {cfg.n} val scenes -> {data_dir}")
-
-    for spec in cfg.models:
-        name = ModelSpec.parse(spec).display_name
-        model, _, _ = load_model(spec)
-        ckpt = save_checkpoint(model, out / "models" / f"{name}.pt", extra={"note": "random init (demo)"})
-        written[f"model/{name}"] = ckpt
-        store = embed(
-            EmbedConfig(
-                model=str(ckpt),
-                data=str(data_dir),
-                out=str(out / "embeddings" / name),
-                batch_size=cfg.batch_size,
-            )
-        )
-        written[f"embeddings/{name}"] = out / "embeddings" / name
-        echo(
-            f"{name}: checkpoint {ckpt}; embeddings {out / 'embeddings' / name} "
-            f"({store.n_items} images, {store.n_texts} captions, dim {store.dim('image')})"
-        )
-
-    stores = [str(written[f"embeddings/{ModelSpec.parse(spec).display_name}"]) for spec in cfg.models]
-    whitening = fit_store_whitening(
-        WhitenFitConfig(stores[0], str(out / "whitening" / "teacher.safetensors"))
+    teacher_cfg = teacher_config(cfg)
+    echo(
+        f"shapes world: training {teacher_cfg.data.train}, evaluation {teacher_cfg.eval.data}, "
+        f"probes {teacher_cfg.eval.probes} (generated on the fly, seed {cfg.seed})"
     )
-    written.update({f"whitening/{m}": path for m, path in whitening.items()})
-    echo(f"teacher whitening statistics: {', '.join(str(p) for p in whitening.values())}")
 
-    for spec in cfg.models:
-        name = ModelSpec.parse(spec).display_name
-        ckpt = str(written[f"model/{name}"])
-        for data, task in (
-            (str(data_dir), "all"),
-            (f"shapes:probes?n={cfg.probes}&seed={cfg.seed}", "probes"),
-        ):
-            result_file = out / "eval" / f"{name}-{task}.json"
-            records = evaluate(
-                EvalConfig(model=ckpt, data=data, task=task, out=str(result_file), batch_size=cfg.batch_size)
-            )
-            written[f"eval/{name}-{task}"] = result_file
-            echo(f"{name} eval ({data}):\n{format_summary(list(records.values()))}")
+    run = teacher_run(cfg, echo)
+    teacher = run / "student.pt"
+    store = cached_embed(str(teacher), teacher_cfg.data.train, run / "embeddings", device=cfg.device)
+    whitening = fit_store_whitening(
+        WhitenFitConfig(str(store.path), str(out / "whitening" / "teacher.safetensors"))
+    )
+    echo(f"teacher embeddings: {store.path} ({store.n_items} images, {store.n_texts} captions); whitening {whitening['image'].parent}")
+
+    students: dict[str, Path] = {}
+    for recipe in cfg.recipes:
+        student_cfg = student_config(
+            cfg, recipe, store=store.path, teacher=teacher, whitening=out / "whitening" / "teacher.safetensors"
+        )
+        echo(f"student {recipe}: {student_cfg.student.model}, {student_cfg.schedule.steps} steps")
+        students[recipe] = train(student_cfg, out=str(out / "runs" / recipe), echo=echo)
 
     report = geometry_report(
         ReportConfig(
             out=str(out / "report"),
-            teacher=stores[0],
-            students=tuple(stores[1:]),
+            teacher=str(teacher),
+            students=tuple(str(path / "student.pt") for path in students.values()),
+            names=("teacher", *students),
+            data=teacher_cfg.eval.data,
             seed=cfg.seed,
-            tsne_items=cfg.tsne_items,
+            sample_size=teacher_cfg.track.sample_size,
+            device=cfg.device,
         )
     )
-    written["report"] = report / "report.html"
-    echo(report_summary(report))
+    table = summary_table(run, students, report)
+    table.to_csv(out / "summary.csv")
+    echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    echo(format_diagnosis(report))
+    echo(f"report: {report / 'report.html'}")
+    return DemoResult(run, students, report, table)
 
-    echo(f"demo output: {out.resolve()}")
-    return written
+
+TABLE_COLUMNS = {
+    "R@1 i->t": "retrieval/text_retrieval_recall@1",
+    "R@1 t->i": "retrieval/image_retrieval_recall@1",
+    "zero-shot": "zeroshot/acc1",
+    "basic": "probes/acc_basic",
+    "binding": "probes/acc_binding",
+    "spatial": "probes/acc_spatial",
+    "negation": "probes/acc_negation",
+}
+GEOMETRY_COLUMNS = {
+    "offset img": "image.offset_ratio",
+    "offset txt": "text.offset_ratio",
+    "gap": "image_vs_text.gap_norm",
+    "conformity r img": "image.conformity_r",
+    "CKA img": "alignment.image.cka",
+}
+
+
+def summary_table(teacher: Path, students: dict[str, Path], report: Path):
+    """One row per model: the final evaluation of its run and its geometry in the report."""
+    import pandas as pd
+
+    from lakd.analysis.result import GeometryResult
+
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    geometry = {name: GeometryResult.from_dict(result).scalars() for name, result in metrics["results"].items()}
+    rows = {}
+    for name, run in {"teacher": teacher, **students}.items():
+        evaluation = final_eval(run)
+        row = {column: evaluation.get(key) for column, key in TABLE_COLUMNS.items()}
+        row.update({column: geometry.get(name, {}).get(key) for column, key in GEOMETRY_COLUMNS.items()})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -25,11 +25,22 @@ def _chmod_default(path: Path, *, folder: bool) -> None:
     path.chmod((0o777 if folder else 0o666) & ~_umask())
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. ``durable``:
+    fsync the file before the rename and the folder after it, so that once this returns the new
+    file survives a crash of the machine, not only of the process.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +51,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             _chmod_default(tmp_path, folder=tmp_path.is_dir())
+            if durable and tmp_path.is_file():
+                fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -82,15 +97,15 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         raise
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
+def write_json(path: str | os.PathLike, obj: Any, *, durable: bool = False) -> None:
+    """Write ``obj`` as indented JSON, atomically (``durable``: see :func:`atomic_path`)."""
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
+    """Write ``text`` atomically (UTF-8; ``durable``: see :func:`atomic_path`)."""
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

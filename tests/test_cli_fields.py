@@ -232,7 +232,7 @@ CASES = [
         ["--embeddings", "{nan}", "--out", "{tmp}/r"],
         "2 of 40 image rows contain NaN/Inf; rerun with --allow-nonfinite to drop them",
     ),
-    (("demo",), ["--out", "{taken}", "--n", "8"], "was not written by `lakd demo`; choose another --out"),
+    (("demo",), ["--out", "{taken}", "--quick"], "was not written by `lakd demo`; choose another --out"),
 ]
 
 

@@ -18,6 +18,18 @@ from lakd.errors import LakdError
 from lakd.eval import EvalConfig
 from lakd.models.embed import EmbedConfig
 from lakd.report import ReportConfig
+from lakd.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    OptimConfig,
+    PrecisionConfig,
+    ScheduleConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrackConfig,
+    TrainConfig,
+)
+from lakd.train.config import EvalConfig as TrainEvalConfig
 
 # one instance of each, every field away from its default where it has one
 INSTANCES = [
@@ -100,7 +112,43 @@ INSTANCES = [
         allow_nonfinite=True,
     ),
     WhitenApplyConfig(embeddings="emb/tiny", stats="emb/w.safetensors", out="emb/white", overwrite=True, allow_nonfinite=True),
-    DemoConfig(out="demo", n=64, seed=1, models=("lakd:tiny-resnet",), batch_size=16, tsne_items=40, probes=50),
+    DemoConfig(out="demo", cache_dir="cache", recipes=("fd", "geometry"), quick=True, seed=1, device="cuda"),
+    TrainConfig(
+        data=DataConfig(
+            train="captions.csv?root=images",
+            batch_size=32,
+            workers=2,
+            caption="first",
+            augment="crop",
+            download=True,
+            allow_outside_root=True,
+        ),
+        student=StudentConfig(model="student.pt", arch="ViT-B-32"),
+        teacher=TeacherConfig(
+            kind="cached",
+            store="emb/teacher",
+            model="lakd:tiny-vit",
+            arch="ViT-B-16",
+            logit_scale=50.0,
+            whitening="emb/w.safetensors",
+            eval_store="emb/teacher-val",
+        ),
+        recipe={"clip": 1.0, "whitened_fd": {"weight": 2.0, "stats": "emb/w.safetensors"}},
+        optim=OptimConfig(lr=3e-4, weight_decay=0.1, betas=(0.8, 0.9), eps=1e-8, accum=2, grad_clip=None),
+        schedule=ScheduleConfig(steps=50, warmup=5, kind="constant", min_lr_ratio=0.1),
+        precision=PrecisionConfig(amp="bf16", compile=True, threads=2),
+        eval=TrainEvalConfig(
+            data="shapes:val?n=64", probes=None, extra={"cifar10": "tv:CIFAR10?root=data"}, every=10, batch_size=32
+        ),
+        track=TrackConfig(geometry=False, groups=("shell", "gap"), sample_size=100),
+        checkpoint=CheckpointConfig(every=10, keep_last=1, best_metric=None, best_mode="min"),
+        out="runs/a",
+        seed=3,
+        log_every=2,
+        on_nan="skip",
+        device="cuda:1",
+    ),
+    TeacherConfig(kind="online", model="lakd:tiny-resnet"),
 ]
 
 
@@ -140,13 +188,25 @@ def test_config_round_trips_through_the_strict_loader(obj, tmp_path):
     assert load_config(type(obj), tmp_path / "config.yaml") == obj
 
 
+def _with_sections(obj) -> list:
+    """``obj`` and every dataclass instance inside it (its sections, their sections, ...)."""
+    found = [obj]
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += _with_sections(value)
+    return found
+
+
 def test_every_config_class_has_an_instance_with_every_field_set():
     classes = _config_classes()
-    assert classes <= {type(obj) for obj in INSTANCES}, classes - {type(obj) for obj in INSTANCES}
+    instances = [inner for obj in INSTANCES for inner in _with_sections(obj)]
+    missing = classes - {type(obj) for obj in instances}
+    assert not missing, f"no instance of {sorted(f'{c.__module__}.{c.__name__}' for c in missing)}"
     for cls in classes:
         fields = {f.name for f in dataclasses.fields(cls)}
-        covered = set().union(*(_non_default_fields(obj) for obj in INSTANCES if type(obj) is cls))
-        assert fields <= covered, f"{cls.__name__}: no instance sets {sorted(fields - covered)}"
+        covered = set().union(*(_non_default_fields(obj) for obj in instances if type(obj) is cls))
+        assert fields <= covered, f"{cls.__module__}.{cls.__name__}: no instance sets {sorted(fields - covered)}"
 
 
 @pytest.mark.parametrize(

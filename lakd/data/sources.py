@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,3 +188,15 @@ def open_source(spec: str, options: SourceOptions | None = None):
             return _resolve(kind.opener)(str(path), query, options)
     names = ", ".join(kind.name for kind in kinds)
     raise LakdError(f"{spec}: not a recognised data source (expected one of: {names})")
+
+
+def source_ids(source: object) -> list[str] | None:
+    """Item ids of a data source when it lists them without reading images (an ``ids`` sequence, as the
+    file readers keep, or an ``item_id(i)`` method, as the shapes world has); None otherwise."""
+    ids = getattr(source, "ids", None)
+    if isinstance(ids, Sequence) and not isinstance(ids, str) and len(ids) == len(source):
+        return [str(item_id) for item_id in ids]
+    item_id = getattr(source, "item_id", None)
+    if callable(item_id):
+        return [item_id(i) for i in range(len(source))]
+    return None

@@ -80,6 +80,9 @@ class WhitenedFeatureDistillation(DistillLoss):
         if stats is not None:
             self.statistics = load_saved_whitening(stats, dims.teacher)
 
+    def required_fields(self) -> tuple[str, ...]:
+        return () if self.statistics else ("whitening",)
+
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         statistics = self.statistics or batch.require("whitening", self.name)
         total = batch.student_image.new_zeros(())
@@ -132,6 +135,8 @@ class MaskedFeatureDistillation(DistillLoss):
     get different masks and a rerun the same ones. The call counter ``step`` is a buffer: it is
     saved with the recipe's ``state_dict`` and a resumed run continues the sequence.
     """
+
+    batch_fields = ("student_model", "images")
 
     batch_dependent = False
 

@@ -37,6 +37,8 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
 class ContrastiveRelationalDistillation(DistillLoss):
     """CRD [KD]: KL between teacher and student image-text logit distributions, both directions."""
 
+    batch_fields = ("teacher_logit_scale",)
+
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         student = batch.student_logit_scale * batch.student_hat("image") @ batch.student_hat("text").T
         teacher = (
@@ -56,6 +58,8 @@ class GradientDistillation(DistillLoss):
     (P - Y) K: the temperature enters through P, and the loss does not grow with scale^2 or
     shrink with N^2. Loss = sum over the four of mean over items of the squared L2 difference.
     """
+
+    batch_fields = ("teacher_logit_scale",)
 
     def forward(self, batch: DistillBatch) -> torch.Tensor:
         n = batch.size

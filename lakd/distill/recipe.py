@@ -149,6 +149,16 @@ class Recipe(nn.Module):
         return any(loss.needs_teacher for loss in self.losses.values())
 
     @property
+    def required_fields(self) -> set[str]:
+        """Batch fields beyond the features that some term reads (:meth:`DistillLoss.required_fields`)."""
+        return {name for loss in self.losses.values() for name in loss.required_fields()}
+
+    @property
+    def needs_online_teacher(self) -> bool:
+        """Whether some term needs the teacher's forward on the step's own inputs."""
+        return any(loss.needs_online_teacher for loss in self.losses.values())
+
+    @property
     def wants_gather(self) -> bool:
         """Whether some term compares items across the batch (``DistillLoss.batch_dependent``:
         contrastive, relational, batch statistics), so that under torch.distributed its value on

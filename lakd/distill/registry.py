@@ -46,15 +46,27 @@ class DistillLoss(nn.Module):
     features gathered across ranks (:attr:`lakd.distill.Recipe.wants_gather`). Per-item terms
     (mean over items of a per-item distance) set it to False. A new loss that does not say is
     treated as batch-dependent, the safe choice.
+
+    ``batch_fields``: the :class:`~lakd.distill.batch.DistillBatch` fields beyond the features that
+    the loss reads (e.g. ``teacher_logit_scale``), so a trainer can check its inputs before the
+    first step (:meth:`required_fields`). ``needs_online_teacher``: the loss needs the teacher's
+    forward on this step's own inputs (augmented views, token maps), which cached teacher
+    features cannot give.
     """
 
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
     batch_dependent: ClassVar[bool] = True
+    batch_fields: ClassVar[tuple[str, ...]] = ()
+    needs_online_teacher: ClassVar[bool] = False
 
     def __init__(self, dims: FeatureDims):
         super().__init__()
         self.dims = dims
+
+    def required_fields(self) -> tuple[str, ...]:
+        """The batch fields this instance reads besides the features (:attr:`batch_fields`)."""
+        return self.batch_fields
 
     def clamp_logit_scales_(self) -> None:
         """Clamp every learned logit scale of this loss into CLIP's range, in place (no-op when it

@@ -98,6 +98,8 @@ class RiseRelativeDistance(DistillLoss):
     student (projected) vs teacher, squared difference averaged over items and anchors (RISE's
     ``F.mse_loss``; RISE weights it by 10)."""
 
+    batch_fields = ("text_anchors", "labels")
+
     batch_dependent = False
 
     def __init__(self, dims: FeatureDims, *, temperature: float = 1.0):

@@ -21,6 +21,7 @@ from lakd.data.store import (
 )
 from lakd.errors import LakdError
 from lakd.eval.probes import probe_conditions
+from lakd.eval.truth import Truth, source_truth
 
 
 @dataclass
@@ -30,8 +31,10 @@ class EvalInputs:
     ``image`` [N, d] and ``text`` [M, d] raw embeddings; ``text_item`` [M] each caption's image row;
     ``ids`` (N) and ``captions`` (M); ``labels`` [N] int64 (-1 = none) or None; ``classnames`` or
     None; ``class_prompts`` (per-class prompt embeddings) or None; ``conditions`` (N) probe
-    conditions when the data is a probe set, else None. ``model`` and ``source`` are the specs the
-    store was made from; ``path`` the store folder.
+    conditions when the data is a probe set, else None; ``truth`` what is true of each image where
+    the data knows it (:mod:`lakd.eval.truth`; None: each caption is true of its own image, each
+    image of its label). ``model`` and ``source`` are the specs the store was made from; ``path``
+    the store folder.
     """
 
     model: str
@@ -46,6 +49,7 @@ class EvalInputs:
     classnames: list[str] | None
     class_prompts: ClassPrompts | None
     conditions: list[str] | None
+    truth: Truth | None = None
 
     @property
     def n_items(self) -> int:
@@ -57,26 +61,33 @@ class EvalInputs:
             t.to(device) for t in (self.image, self.text, self.text_item)
         )
         self.labels = None if self.labels is None else self.labels.to(device)
+        if self.truth is not None:
+            self.truth = Truth(self.truth.captions.to(device), self.truth.classes.to(device), self.truth.protocol)
         return self
 
 
-def store_conditions(store: EmbeddingStore, ids: list[str]) -> list[str] | None:
-    """Probe conditions of the store's items, from the data source named in its meta (None when that
-    source is not a probe set or cannot be opened here; it is never downloaded)."""
+def store_source(store: EmbeddingStore):
+    """The data source named in the store's meta, opened without downloading; None when it cannot be
+    opened here (a folder elsewhere, a torchvision set not on disk)."""
     meta = store.meta
     try:
         options = SourceOptions.from_meta(meta.get("source_options") or {}, str(store.path / "meta.json"))
-        options = dataclasses.replace(options, download=False)
-        source = open_source(str(meta.get("source")), options)
+        return open_source(str(meta.get("source")), dataclasses.replace(options, download=False))
     except (LakdError, TypeError):
         return None
-    by_id = probe_conditions(source)
+
+
+def store_conditions(store: EmbeddingStore, ids: list[str], source=None) -> list[str] | None:
+    """Probe conditions of the store's items, from its data source (None when that source is not a
+    probe set or cannot be opened here)."""
+    source = source if source is not None else store_source(store)
+    by_id = probe_conditions(source) if source is not None else None
     if by_id is None:
         return None
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise LakdError(
-            f"{store.path}: item {missing[0]!r} is not in the probe set {meta.get('source')!r} "
+            f"{store.path}: item {missing[0]!r} is not in the probe set {store.meta.get('source')!r} "
             f"({len(missing)} of {len(ids)} items missing)"
         )
     return [by_id[i] for i in ids]
@@ -90,6 +101,8 @@ def load_inputs(store: EmbeddingStore, *, conditions: bool = True) -> EvalInputs
         not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames)
     ):
         raise LakdError(f"{store.path / 'meta.json'}: field 'classnames' must be a list of names")
+    source = store_source(store)
+    captions = store.captions()
     return EvalInputs(
         model=str(store.meta.get("model")),
         source=str(store.meta.get("source")),
@@ -98,9 +111,10 @@ def load_inputs(store: EmbeddingStore, *, conditions: bool = True) -> EvalInputs
         text=store.load("text"),
         text_item=store.text_item(),
         ids=ids,
-        captions=store.captions(),
+        captions=captions,
         labels=store.labels(),
         classnames=classnames or None,
         class_prompts=store.class_prompts(),
-        conditions=store_conditions(store, ids) if conditions else None,
+        conditions=store_conditions(store, ids, source) if conditions else None,
+        truth=source_truth(source, ids, captions) if source is not None else None,
     )

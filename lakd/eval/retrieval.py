@@ -50,11 +50,14 @@ def retrieval_ranks(
     text_item: torch.Tensor,
     chunk_size: int = 1024,
     text_key: torch.Tensor | None = None,
+    truth: torch.Tensor | None = None,
 ) -> RetrievalRanks:
     """Ranks of ``image`` [N, d] against ``text`` [M, d]; ``text_item`` [M] is each caption's image row.
 
     ``text_key`` [M] (default: every caption its own row) names the captions for top-1 picks; captions
     of identical text share one (:func:`~lakd.eval.ties.text_keys`), so their tie leaves one pick.
+    ``truth`` [M, N] bool (default: caption j is a positive of image ``text_item[j]`` only) marks
+    every caption-image pair that counts as a positive (:mod:`lakd.eval.truth`).
     """
     if image.shape[1] != text.shape[1]:
         raise LakdError(f"retrieval: image dim {image.shape[1]} differs from text dim {text.shape[1]}")
@@ -64,6 +67,10 @@ def retrieval_ranks(
     texts = F.normalize(text.float(), dim=-1)
     text_item = text_item.to(images.device)
     n_images = images.shape[0]
+    if truth is not None:
+        truth = truth.to(images.device)
+        if tuple(truth.shape) != (texts.shape[0], n_images):
+            raise LakdError(f"retrieval: truth of shape {tuple(truth.shape)} for {texts.shape[0]} captions x {n_images} images")
     has_caption = torch.zeros(n_images, dtype=torch.bool, device=images.device)
     has_caption[text_item] = True
     rows = torch.nonzero(has_caption).squeeze(1)
@@ -71,7 +78,11 @@ def retrieval_ranks(
     t2i_rank, t2i_top1 = [], []
     for start in range(0, texts.shape[0], chunk_size):
         scores = texts[start : start + chunk_size] @ images.T  # [c, N]
-        own = F.one_hot(text_item[start : start + chunk_size], n_images).bool()
+        own = (
+            truth[start : start + chunk_size]
+            if truth is not None
+            else F.one_hot(text_item[start : start + chunk_size], n_images).bool()
+        )
         t2i_rank.append(pessimistic_rank(scores, own))
         t2i_top1.append(unique_top1(scores))
 
@@ -79,7 +90,7 @@ def retrieval_ranks(
     for start in range(0, rows.shape[0], chunk_size):
         chunk = rows[start : start + chunk_size]
         scores = images[chunk] @ texts.T  # [c, M]
-        positive = text_item[None, :] == chunk[:, None]
+        positive = truth[:, chunk].T if truth is not None else text_item[None, :] == chunk[:, None]
         i2t_rank.append(pessimistic_rank(scores, positive))
         i2t_top1.append(unique_top1(scores, text_key))
 

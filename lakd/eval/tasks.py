@@ -73,7 +73,8 @@ def _classifier(inputs: EvalInputs, who: str) -> torch.Tensor:
 
 
 def run_zeroshot(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
-    result = zeroshot_metrics(inputs.image, _classifier(inputs, "the model"), inputs.labels)
+    truth = inputs.truth.classes if inputs.truth is not None else None
+    result = zeroshot_metrics(inputs.image, _classifier(inputs, "the model"), inputs.labels, truth)
     metrics = dict(result.metrics)
     if teacher is not None:
         labelled = inputs.labels >= 0
@@ -86,6 +87,7 @@ def run_zeroshot(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
         "n_classes": result.n_classes,
         "classnames": inputs.classnames,
         "templates": inputs.class_prompts.templates,
+        "protocol": inputs.truth.protocol if inputs.truth is not None else "a prediction is correct when it is the label",
         "notes": result.notes,
     }
     return TaskResult(metrics, details)
@@ -112,12 +114,13 @@ def _retrieval_in_all(inputs: EvalInputs) -> bool:
 
 def run_retrieval(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
     keys = text_keys(inputs.captions)
-    ranks = retrieval_ranks(inputs.image, inputs.text, inputs.text_item, text_key=keys)
+    truth = inputs.truth.captions if inputs.truth is not None else None
+    ranks = retrieval_ranks(inputs.image, inputs.text, inputs.text_item, text_key=keys, truth=truth)
     metrics = retrieval_metrics(ranks)
     if teacher is not None:
         if teacher.captions != inputs.captions:
             raise LakdError(f"{teacher.path}: the teacher's captions differ from the student's")
-        theirs = retrieval_ranks(teacher.image, teacher.text, teacher.text_item, text_key=keys)
+        theirs = retrieval_ranks(teacher.image, teacher.text, teacher.text_item, text_key=keys, truth=truth)
         metrics["teacher_agreement_image_retrieval"] = agreement(
             ranks.text_to_image_top1, theirs.text_to_image_top1
         )
@@ -129,6 +132,9 @@ def run_retrieval(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
     details = {
         "n_items": ranks.images_with_captions.shape[0],
         "n_texts": inputs.text.shape[0],
+        "protocol": (
+            inputs.truth.protocol if inputs.truth is not None else "a caption is a positive of its own image only"
+        ),
         "notes": notes,
     }
     return TaskResult(metrics, details)
@@ -149,7 +155,15 @@ def run_probes(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
     if teacher is not None:
         theirs = probe_choices(teacher.image, teacher.text, teacher.text_item)
         metrics["teacher_agreement"] = agreement(choices.choice, theirs.choice)
-    details = {"n_items": inputs.n_items, "n_per_condition": dict(Counter(inputs.conditions))}
+    details = {
+        "n_items": inputs.n_items,
+        "n_per_condition": dict(Counter(inputs.conditions)),
+        "protocol": (
+            "each probe image against its true caption and its hard negatives (captions checked false "
+            "of the scene); correct when the true caption scores highest alone, a tie of t captions "
+            "including it scores 1/t"
+        ),
+    }
     return TaskResult(metrics, details)
 
 

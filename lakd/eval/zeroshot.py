@@ -96,10 +96,14 @@ def zeroshot_predictions(image: torch.Tensor, classifier: torch.Tensor) -> torch
     return unique_top1(zeroshot_logits(image, classifier))
 
 
-def zeroshot_metrics(image: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor) -> ZeroShotResult:
+def zeroshot_metrics(
+    image: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor | None = None
+) -> ZeroShotResult:
     """Top-1, top-5 and mean per-class recall of ``image`` [N, d] under ``classifier`` [C, d].
 
-    ``labels`` [N] int64 indexes the classes; -1 marks an unlabelled image (left out).
+    ``labels`` [N] int64 indexes the classes; -1 marks an unlabelled image (left out). ``truth``
+    [N, C] bool (default: the label's class only) marks every class whose prediction counts as correct
+    for an image (:mod:`lakd.eval.truth`); per-class recall groups images by their label.
     """
     n_classes = classifier.shape[0]
     labelled = labels >= 0
@@ -113,7 +117,10 @@ def zeroshot_metrics(image: torch.Tensor, classifier: torch.Tensor, labels: torc
         )
     target = labels[labelled].to(image.device)
     logits = zeroshot_logits(image[labelled], classifier)
-    rank = pessimistic_rank(logits, F.one_hot(target, n_classes).bool())
+    positive = F.one_hot(target, n_classes).bool()
+    if truth is not None:
+        positive = truth.to(image.device)[labelled] | positive
+    rank = pessimistic_rank(logits, positive)
     notes = []
     if n_classes >= TOP_K:
         acc5 = float((rank <= TOP_K).double().mean())
@@ -121,9 +128,14 @@ def zeroshot_metrics(image: torch.Tensor, classifier: torch.Tensor, labels: torc
         acc5 = math.nan
         notes.append(f"acc5 is null: only {n_classes} classes (fewer than {TOP_K})")
     pred = unique_top1(logits).cpu()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
-        recall = float(balanced_accuracy_score(target.cpu().numpy(), pred.numpy()))
+    if truth is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+            recall = float(balanced_accuracy_score(target.cpu().numpy(), pred.numpy()))
+    else:  # mean over label classes of the share of their images whose top-1 is true of them
+        hit = (rank == 1).cpu().double()
+        target_cpu = target.cpu()
+        recall = float(torch.stack([hit[target_cpu == c].mean() for c in target_cpu.unique()]).mean())
     metrics = {"acc1": float((rank == 1).double().mean()), "acc5": acc5, "mean_per_class_recall": recall}
     n_unlabelled = int((~labelled).sum())
     if n_unlabelled:

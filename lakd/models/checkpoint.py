@@ -37,7 +37,7 @@ from lakd.models.build import finish, model_from_cfg, resolve_arch, set_preproce
 from lakd.models.safe_load import StateDict, load_weights, read_checkpoint, sidecar_path
 
 Parts = dict[str, tuple[dict[str, Any], StateDict]]
-Writer = Callable[[Path, StateDict, dict[str, Any], dict[str, StateDict]], None]
+Writer = Callable[..., None]  # (path, state_dict, record, parts, *, durable) -> None
 WRITERS: dict[str, Writer] = {}
 LOCAL_DIR_CONFIG = "open_clip_config.json"
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
@@ -54,17 +54,28 @@ def register_writer(suffix: str) -> Callable[[Writer], Writer]:
 
 
 def save_checkpoint(
-    model: torch.nn.Module, path: str | Path, *, epoch: int = 0, extra: dict[str, Any] | None = None
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    epoch: int = 0,
+    extra: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+    durable: bool = False,
 ) -> Path:
     """Write ``model`` (made by :func:`lakd.models.load_model`, or a wrapper with extra parts, see
     the module docstring) to ``path`` (``.pt`` or ``.safetensors``), atomically.
 
     ``extra`` (JSON-serialisable) is merged into the ``lakd`` metadata; it may not reuse lakd's own keys.
+    ``state``: further top-level entries of a ``.pt`` file (weights_only-safe types: tensors, dicts,
+    lists, numbers, strings), e.g. a trainer's ``training_state``; loaders of the model ignore them.
+    ``durable``: fsync the file and its folder, so the checkpoint survives a power cut once written.
     """
     path = Path(path)
     writer = WRITERS.get(path.suffix.lower())
     if writer is None:
         raise LakdError(f"{path}: checkpoint must end in one of {', '.join(WRITERS)}")
+    if state and path.suffix.lower() != ".pt":
+        raise LakdError(f"{path}: training state is saved in .pt checkpoints only")
     model, parts = split_parts(model)
     record = _checkpoint_record(model, epoch=epoch, extra=extra or {}, parts=parts)
     state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
@@ -72,7 +83,12 @@ def save_checkpoint(
         name: {key: value.detach().cpu() for key, value in tensors.items()}
         for name, (_, tensors) in parts.items()
     }
-    writer(path, state_dict, record, part_tensors)
+    if state:
+        clash = sorted(set(state) & {"state_dict", *record, *(f"{name}_state_dict" for name in part_tensors)})
+        if clash:
+            raise LakdError(f"state: key {clash[0]!r} is reserved for the checkpoint's own entries")
+        record = {**record, **state}
+    writer(path, state_dict, record, part_tensors, durable=durable)
     return path
 
 
@@ -101,32 +117,32 @@ def part_file(path: Path, name: str) -> Path:
 
 @register_writer(".pt")
 def _write_torch(
-    path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict]
+    path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict], *, durable: bool
 ) -> None:
     tensors = {f"{name}_state_dict": part for name, part in parts.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         torch.save({"state_dict": state_dict, **tensors, **record}, tmp)
 
 
 @register_writer(".safetensors")
 def _write_safetensors(
-    path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict]
+    path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict], *, durable: bool
 ) -> None:
     for name, part in parts.items():  # parts first: the sidecar, written last, names them
-        _write_safetensors_weights(part_file(path, name), part)
+        _write_safetensors_weights(part_file(path, name), part, durable=durable)
         record["lakd"][name]["file"] = part_file(path, name).name
     # the sidecar records the weights' digest: a crash between the two renames, or weights replaced
     # later, is detected on load instead of pairing new weights with old metadata
-    record["lakd"]["weights_sha256"] = _write_safetensors_weights(path, state_dict)
-    write_json(sidecar_path(path), record)
+    record["lakd"]["weights_sha256"] = _write_safetensors_weights(path, state_dict, durable=durable)
+    write_json(sidecar_path(path), record, durable=durable)
 
 
-def _write_safetensors_weights(path: Path, state_dict: StateDict) -> str:
+def _write_safetensors_weights(path: Path, state_dict: StateDict, *, durable: bool = False) -> str:
     """Write the tensors atomically; return the SHA-256 of the file."""
     tensors = {
         key: value.contiguous().clone() for key, value in state_dict.items()
     }  # clone: no shared storage
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         return file_sha256(tmp)
 
@@ -165,7 +181,7 @@ def load_checkpoint(
 
     A lakd checkpoint carries its config; an open_clip checkpoint (no ``model_cfg``) needs ``arch``
     (an open_clip config name or ``lakd:NAME``), which also overrides a stored config when given.
-    The file's metadata (everything but weights and optimizer state) is attached as
+    The file's metadata (everything but weights, optimizer and training state) is attached as
     ``model.lakd_checkpoint_meta``. Extra parts (module docstring) are not read.
     """
     return _load_checkpoint(Path(path), arch=arch, device=device, precision=precision)[0]
@@ -200,7 +216,9 @@ def _load_checkpoint(path: Path, *, arch: str | None, device: str, precision: st
     set_preprocess_cfg(model, preprocess_cfg if isinstance(preprocess_cfg, dict) else {})
     part_keys = {f"{name}_state_dict" for name in lakd_meta.get("parts") or [] if isinstance(name, str)}
     model.lakd_checkpoint_meta = {
-        key: value for key, value in meta.items() if key != "optimizer" and key not in part_keys
+        key: value
+        for key, value in meta.items()
+        if key not in ("optimizer", "training_state") and key not in part_keys
     }
     tokenizer = tokenizer_for(model_cfg, model_name, source=str(path))
     return finish(model, tokenizer, spec=str(path), model_cfg=model_cfg, model_name=model_name), meta

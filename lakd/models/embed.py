@@ -93,6 +93,13 @@ class ShardBuffer:
         )
 
 
+def logit_scale_of(model) -> float | None:
+    """The model's multiplicative logit scale (``logit_scale.exp()``), recorded in a store's meta so a
+    cached teacher's logit-based distillation terms can use it; None when the model has none."""
+    scale = getattr(model, "logit_scale", None)
+    return float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) and scale.numel() == 1 else None
+
+
 def embed(cfg: EmbedConfig) -> EmbeddingStore:
     """Embed ``cfg.data`` with ``cfg.model`` into the store ``cfg.out`` and return it opened."""
     if cfg.batch_size < 1:
@@ -120,7 +127,7 @@ def embed(cfg: EmbedConfig) -> EmbeddingStore:
             overwrite=cfg.overwrite,
             rank=context.rank,
             world_size=context.world_size,
-            extra={"classnames": classnames, "options": options},
+            extra={"classnames": classnames, "options": options, "logit_scale": logit_scale_of(model)},
         )
         _embed_shards(cfg, writer, source, model, preprocess, tokenizer, device, show_progress=context.is_main)
         writer.finish()

@@ -120,3 +120,56 @@ def encode_batch(model, batch: Batch, device) -> tuple[torch.Tensor | None, torc
         text_emb = model.encode_text(batch.tokens.to(device, non_blocking=True), normalize=False)
         text_emb = text_emb.float().cpu()
     return image_emb, text_emb
+
+
+@dataclass
+class Encoded:
+    """A data source encoded in memory: raw ``image`` [N, d] of the readable items, ``text`` [M, d]
+    of all their captions, ``text_item`` [M] each caption's image row, ``ids`` (N), ``captions`` (M),
+    ``labels`` [N] (-1 = none) or None, and the ``skipped`` items."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    text_item: torch.Tensor
+    ids: list[str]
+    captions: list[str]
+    labels: torch.Tensor | None
+    skipped: list[Skipped]
+
+
+def collate_source(source, preprocess, tokenizer, batch_size: int) -> list[Batch]:
+    """Every item of ``source`` read, preprocessed and tokenised once, as :class:`Batch` es (for a
+    fixed evaluation set encoded again and again)."""
+    collate = Collate(preprocess, tokenizer)
+    indexed = IndexedSource(source)
+    return [
+        collate([indexed[i] for i in range(start, min(start + batch_size, len(source)))])
+        for start in range(0, len(source), batch_size)
+    ]
+
+
+@torch.no_grad()
+def encode_batches(model, batches: list[Batch], device) -> Encoded:
+    """Encode collated batches (:func:`collate_source`) with ``model`` into one :class:`Encoded`."""
+    images, texts, text_item, ids, captions, labels, skipped = [], [], [], [], [], [], []
+    for batch in batches:
+        image_emb, text_emb = encode_batch(model, batch, device)
+        if image_emb is not None:
+            images.append(image_emb)
+        if text_emb is not None:
+            texts.append(text_emb)
+        text_item += [len(ids) + row for row in batch.text_item]
+        ids += batch.ids
+        captions += batch.captions
+        labels += batch.labels
+        skipped += batch.skipped
+    has_labels = any(label is not None for label in labels)
+    return Encoded(
+        image=torch.cat(images) if images else torch.empty(0, 0),
+        text=torch.cat(texts) if texts else torch.empty(0, 0),
+        text_item=torch.tensor(text_item, dtype=torch.int64),
+        ids=ids,
+        captions=captions,
+        labels=torch.tensor([-1 if x is None else x for x in labels]) if has_labels else None,
+        skipped=skipped,
+    )

@@ -19,7 +19,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from lakd.data import SourceOptions, open_source
-from lakd.data.sources import DataSpec
+from lakd.data.sources import DataSpec, source_ids
 from lakd.data.store import META_NAME, EmbeddingStore
 from lakd.errors import LakdError
 from lakd.models.specs import ModelSpec, accepted_forms, scheme_of
@@ -150,18 +150,6 @@ def resolve_inputs(
                     "a report compares embeddings of the same items"
                 )
     return data, stores
-
-
-def source_ids(source: object) -> list[str] | None:
-    """Item ids of a data source when it lists them without reading images (an ``ids`` sequence, as the
-    file readers keep, or an ``item_id(i)`` method, as the shapes world has); None otherwise."""
-    ids = getattr(source, "ids", None)
-    if isinstance(ids, Sequence) and not isinstance(ids, str) and len(ids) == len(source):
-        return [str(item_id) for item_id in ids]
-    item_id = getattr(source, "item_id", None)
-    if callable(item_id):
-        return [item_id(i) for i in range(len(source))]
-    return None
 
 
 def in_source_order(ids: Sequence[str], source: Sequence[str]) -> bool:

@@ -1,0 +1,307 @@
+"""``lakd train``: config, run folder, cached and online teachers, tracking, checkpoints, resume, NaN
+handling. Runs are tiny (a few steps of ``lakd:tiny-vit`` on 32-pixel shapes scenes); the data order,
+captions and schedules are still the real ones."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from lakd.cli import main
+from lakd.config import load_yaml
+from lakd.distill import Recipe
+from lakd.errors import LakdError
+from lakd.models import load_checkpoint, load_model
+from lakd.models.embed import EmbedConfig, embed
+from lakd.models.safe_load import read_checkpoint
+from lakd.train import TrainConfig, load_train_config, train
+from lakd.train.checkpoint import RunFolder, newest_checkpoint
+from lakd.train.data import StepSampler, epoch_order
+from lakd.train.loop import lr_factor, no_weight_decay, param_groups
+
+TRAIN = "shapes:train?n=48&image_size=32"
+VAL = "shapes:val?n=24&image_size=32"
+PROBES = "shapes:probes?n=12&image_size=32"
+
+
+def tiny(**sections) -> TrainConfig:
+    """A config of a few steps; ``sections`` override (``{"optim": {"lr": 1e-3}}`` merges)."""
+    base = {
+        "data": {"train": TRAIN, "batch_size": 8},
+        "student": {"model": "lakd:tiny-vit"},
+        "recipe": "none",
+        "schedule": {"steps": 6, "warmup": 2},
+        "eval": {"data": VAL, "probes": PROBES, "every": 3, "batch_size": 32},
+        "track": {"sample_size": 24},
+        "checkpoint": {"every": 3, "keep_last": 1},
+        "log_every": 2,
+    }
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return load_train_config(mapping=base)
+
+
+def lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)[0]
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plain") / "run"
+    train(tiny(), out=str(out), echo=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def teacher_store(tmp_path_factory) -> Path:
+    """lakd:tiny-resnet (embed dim 128; the student's is 256) embedded on the training data."""
+    out = tmp_path_factory.mktemp("teacher") / "store"
+    embed(EmbedConfig(model="lakd:tiny-resnet", data=TRAIN, out=str(out), batch_size=16))
+    return out
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+def test_unknown_keys_and_wrong_types_name_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(LakdError, match=r"c.yaml: optim.lr: expected a number, got 'fast'"):
+        load_train_config(path)
+    with pytest.raises(LakdError, match=r"unknown key 'optim.weight_dcay' \(did you mean 'optim.weight_decay'\?\)"):
+        load_train_config(mapping={}, overrides=["optim.weight_dcay=1"])
+    with pytest.raises(LakdError, match="teacher.store: a cached teacher needs the embedding store"):
+        load_train_config(mapping={"teacher": {"kind": "cached"}})
+    with pytest.raises(LakdError, match=r"schedule.warmup: must be in \[0, steps=10\]"):
+        load_train_config(mapping={"schedule": {"steps": 10, "warmup": 11}})
+
+
+@pytest.mark.parametrize("config", sorted(Path("experiments").rglob("*.yaml")), ids=str)
+def test_shipped_configs_load(config):
+    overrides = ["teacher.store=emb/teacher"] if "distill" in config.name or "coco" in str(config) else []
+    cfg = load_train_config(config, overrides if load_yaml(config).get("teacher", {}).get("kind") == "cached" else [])
+    Recipe.from_config(cfg.recipe, student_dim=256, teacher_dim=512)  # the recipe builds
+
+
+def test_schedule_and_parameter_groups():
+    cfg = tiny(schedule={"steps": 10, "warmup": 4, "min_lr_ratio": 0.1})
+    factor = lr_factor(cfg)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == pytest.approx(1.0) and factor(10) == pytest.approx(0.1)
+    assert factor(7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    model, _, _ = load_model("lakd:tiny-vit")
+    decay, no_decay = param_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} >= {"logit_scale", "positional_embedding", "ln_final.weight"}
+    assert all(p.ndim >= 2 and not no_weight_decay(names[id(p)], p) for p in decay["params"])
+    assert "token_embedding.weight" not in {names[id(p)] for p in decay["params"]}
+
+
+def test_data_order_is_a_function_of_seed_and_step():
+    sampler = StepSampler(20, 8, seed=3, start=0, stop=5)
+    assert sampler.steps_per_epoch == 2
+    order0, order1 = epoch_order(20, 3, 0), epoch_order(20, 3, 1)
+    assert [i for _, i in sampler.step_items(1)] == order0[8:16].tolist()
+    assert sampler.step_items(2) == [(1, int(i)) for i in order1[:8]]
+    halves = [StepSampler(20, 8, seed=3, start=0, stop=5, rank=r, world=2).step_items(3) for r in (0, 1)]
+    assert halves[0] + halves[1] == sampler.step_items(3)
+    assert list(StepSampler(20, 8, seed=3, start=3, stop=5)) == [sampler.step_items(3), sampler.step_items(4)]
+    with pytest.raises(LakdError, match="not divisible by the 3 ranks"):
+        StepSampler(20, 8, seed=0, start=0, stop=1, world=3)
+    with pytest.raises(LakdError, match="more than the 6 training items"):
+        StepSampler(6, 8, seed=0, start=0, stop=1)
+
+
+# ---- a plain run ------------------------------------------------------------------------------
+
+
+def test_run_folder(plain_run):
+    run = RunFolder(plain_run)
+    assert run.is_run() and run.student.is_file() and (run.local_dir / "open_clip_config.json").is_file()
+    assert load_train_config(run.config) == tiny()
+    records = lines(plain_run)
+    recall = {r["step"]: r["retrieval/text_retrieval_recall@1"] for r in records if r["kind"] == "eval"}
+    best = 6 if recall[6] > recall[3] else 3  # the first of equals stays the best
+    assert run.pointer("latest") == run.checkpoint(6) and run.pointer("best") == run.checkpoint(best)
+    assert run.steps() == sorted({best, 6})  # keep_last 1, and the best
+    train_lines = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_lines] == [2, 4, 6]
+    for record in train_lines:
+        assert record["loss/total"] == pytest.approx(record["loss/clip"])
+        assert record["samples_per_s"] > 0 and 1 <= record["logit_scale"] <= 100
+    assert train_lines[0]["lr"] == pytest.approx(5e-4 * lr_factor(tiny())(2))
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6]
+    for key in (
+        "retrieval/text_retrieval_recall@1",
+        "retrieval/image_retrieval_recall@5",
+        "zeroshot/acc1",
+        "probes/acc_binding",
+        "geometry/image.offset_ratio",
+        "geometry/image_vs_text.gap_norm",
+        "geometry/image.conformity_r",
+    ):
+        assert key in evals[-1], key
+    assert 0 <= evals[-1]["retrieval/text_retrieval_recall@1"] <= 1
+    assert not any(r["kind"] == "teacher" for r in records)  # no teacher: no reference line
+
+
+def test_checkpoints_are_model_specs_with_their_evaluation(plain_run):
+    run = RunFolder(plain_run)
+    final = run.checkpoint(6)
+    _, meta = read_checkpoint(final)
+    summary = meta["lakd"]["train"]
+    assert summary["step"] == 6 and summary["eval_step"] == 6
+    evals = [r for r in lines(plain_run) if r["kind"] == "eval"]
+    assert summary["eval"]["zeroshot/acc1"] == evals[-1]["zeroshot/acc1"]
+    model, _, _ = load_model(str(final))
+    student, _, _ = load_checkpoint(run.student)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), student.state_dict().values(), strict=True))
+    oc_model = open_clip.create_model(f"local-dir:{run.local_dir}")
+    assert torch.equal(oc_model.state_dict()["logit_scale"], student.state_dict()["logit_scale"])
+
+
+def test_existing_out_needs_resume_or_overwrite(plain_run, tmp_path):
+    with pytest.raises(LakdError, match="already exists .*--resume.*--overwrite"):
+        train(tiny(), out=str(plain_run))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(LakdError, match=r"not a lakd training run \(no run.json.*\); not replacing it, even with --overwrite"):
+        train(tiny(), out=str(mine), overwrite=True)
+    with pytest.raises(LakdError, match="not a lakd training run .*nothing to resume"):
+        train(tiny(), out=str(mine), resume=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_continues_bit_exactly(plain_run, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(), out=str(out), max_steps=4, echo=lambda _: None)
+    assert RunFolder(out).steps() == [3, 4]
+    with pytest.raises(LakdError, match="another schedule section"):
+        train(tiny(schedule={"steps": 7}), out=str(out), resume=True)
+    train(tiny(), out=str(out), resume=True, echo=lambda _: None)
+    resumed, uninterrupted = weights(out / "student.pt"), weights(plain_run / "student.pt")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    assert [r["step"] for r in lines(out) if r["kind"] == "train"] == [2, 4, 6]
+
+
+def test_nan_loss_stops_or_skips(tmp_path, monkeypatch):
+    import lakd.distill.contrastive as contrastive
+
+    real = contrastive.ClipTaskLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        value = real(self, batch)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(contrastive.ClipTaskLoss, "forward", poisoned)
+    out = tmp_path / "stop"
+    with pytest.raises(LakdError, match=r"step 5: the loss is not finite \(loss/total=nan.*last good checkpoint is .*step_000003.pt"):
+        train(tiny(), out=str(out), echo=lambda _: None)
+    nan_line = [r for r in lines(out) if r["kind"] == "nan"]
+    assert nan_line[0]["step"] == 5 and len(nan_line[0]["item_ids"]) == 8
+    assert newest_checkpoint(RunFolder(out)) == RunFolder(out).checkpoint(3)
+    calls["n"] = 0
+    skip = tmp_path / "skip"
+    train(tiny(on_nan="skip"), out=str(skip), echo=lambda _: None)
+    last = [r for r in lines(skip) if r["kind"] == "train"][-1]
+    assert last["skipped_steps"] == 1 and math.isfinite(last["loss/total"])
+
+
+# ---- teachers ------------------------------------------------------------------------------
+
+
+def test_cached_teacher_distils_with_heads(teacher_store, tmp_path):
+    out = tmp_path / "fd"
+    cfg = tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="fd")
+    train(cfg, out=str(out), echo=lambda _: None)
+    record = [r for r in lines(out) if r["kind"] == "train"][-1]
+    assert {"loss/clip", "loss/fd"} <= set(record)
+    _, meta = read_checkpoint(out / "student.pt")
+    assert meta["lakd"]["heads"]["teacher_dim"] == 128 and "heads_state_dict" in meta
+
+
+def test_cached_teacher_fits_whitening_into_the_run(teacher_store, tmp_path):
+    from lakd.analysis.whitening import fit_whitening, load_stats_set
+    from lakd.data.store import EmbeddingStore
+
+    out = tmp_path / "wfd"
+    train(
+        tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="whitened_fd", eval={"data": None, "probes": None}),
+        out=str(out),
+        echo=lambda _: None,
+    )
+    saved = load_stats_set(RunFolder(out).whitening)
+    store = EmbeddingStore(teacher_store)
+    expected = fit_whitening(store.load("text").double())
+    assert torch.allclose(torch.as_tensor(saved["text"].W), torch.as_tensor(expected.W))
+
+
+def test_store_of_other_items_is_refused(tmp_path):
+    short = tmp_path / "short"
+    embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=20&image_size=32", out=str(short)))
+    cfg = tiny(teacher={"kind": "cached", "store": str(short)}, recipe="fd")
+    with pytest.raises(LakdError, match=r"lacks 28 of the 48 training items .*\(first: shapes-train-000020"):
+        train(cfg, out=str(tmp_path / "run"))
+    other = tmp_path / "other"
+    embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=48&image_size=32&seed=5", out=str(other)))
+    cfg = tiny(teacher={"kind": "cached", "store": str(other)}, recipe="fd")
+    with pytest.raises(LakdError, match="in the store but .* in the training data; embed the training data again"):
+        train(cfg, out=str(tmp_path / "run2"), overwrite=True)
+
+
+def test_teacher_requirements_are_checked_before_training(teacher_store, tmp_path):
+    with pytest.raises(LakdError, match="recipe: 'fd' needs a teacher"):
+        train(tiny(recipe="fd"), out=str(tmp_path / "a"))
+    cached_crop = tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="fd", data={"augment": "crop"})
+    with pytest.raises(LakdError, match="data.augment needs the teacher's features .*use teacher.kind=online"):
+        train(cached_crop, out=str(tmp_path / "b"))
+    no_scale = tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe={"clip": 1, "crd": 1})
+    train(no_scale, out=str(tmp_path / "c"), max_steps=1, echo=lambda _: None)  # the store records the scale
+
+
+def test_online_teacher_with_augmentation(tmp_path):
+    cfg = tiny(
+        teacher={"kind": "online", "model": "lakd:tiny-resnet"},
+        recipe={"clip": 1, "fd": 1, "crd": 1},
+        data={"augment": "crop"},
+        eval={"probes": None},
+    )
+    out = tmp_path / "online"
+    train(cfg, out=str(out), echo=lambda _: None)
+    records = lines(out)
+    teacher = [r for r in records if r["kind"] == "teacher"]
+    assert len(teacher) == 1 and "geometry/image.offset_ratio" in teacher[0]
+    last_eval = [r for r in records if r["kind"] == "eval"][-1]
+    assert 0 <= last_eval["geometry/alignment.image.cka"] <= 1  # alignment to the teacher's embeddings
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def test_cli_trains_and_reports_errors_in_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "data:\n  train: 'shapes:train?n=16&image_size=32'\n  batch_size: 8\n"
+        "schedule:\n  steps: 2\n  warmup: 1\neval:\n  data: null\n  probes: null\n"
+    )
+    assert main(["train", str(config), "optim.lr=1e-3", "--out", str(tmp_path / "r"), "--max-steps", "1"]) == 0
+    assert (tmp_path / "r" / "student.pt").is_file()
+    assert "optim:\n  lr: 0.001" in (tmp_path / "r" / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", str(config), "optim.lr=fast", "--out", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "optim.lr" in err and "\n" not in err
