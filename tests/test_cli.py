@@ -13,7 +13,7 @@ from lakd.cli import app, main
 from lakd.errors import LakdError
 
 # Commands that exist today; a command that is not built yet must not appear in --help.
-BUILT_COMMANDS = {"data", "embed", "demo", "eval", "whiten", "geometry"}
+BUILT_COMMANDS = {"data", "embed", "demo", "eval", "whiten", "geometry", "train"}
 
 
 def _command_names() -> set[str]:

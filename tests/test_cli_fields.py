@@ -144,6 +144,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     paths["cifar"] = root / "cifar"
     assert main(["whiten", "fit", "--embeddings", str(paths["good"]), "--out", str(root / "w.safetensors")]) == 0
     paths["stats"] = root / "w.safetensors"
+    (root / "train.yaml").write_text("{}\n")  # every default
+    paths["train"] = root / "train.yaml"
     return paths
 
 
@@ -233,6 +235,9 @@ CASES = [
         "2 of 40 image rows contain NaN/Inf; rerun with --allow-nonfinite to drop them",
     ),
     (("demo",), ["--out", "{taken}", "--quick"], "was not written by `lakd demo`; choose another --out"),
+    (("train",), ["{train}", "--out", "{tmp}/run", "--resume", "--overwrite"], "give --resume or --overwrite, not both"),
+    (("train",), ["{train}", "--out", "{taken}"], "(use --resume to continue the run or --overwrite to replace it)"),
+    (("train",), ["{train}", "--out", "{taken}", "--overwrite"], "not replacing it, even with --overwrite"),
 ]
 
 
