@@ -125,29 +125,6 @@ def test_data_shapes_then_embed(tmp_path, capsys):
     assert "12 items" in capsys.readouterr().out
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--n", "16"]) == 0
-    text = capsys.readouterr().out
-    assert str(out.resolve()) in text
-    for name in ("tiny-vit", "tiny-resnet"):
-        assert (out / "models" / f"{name}.pt").is_file()
-        assert json.loads((out / "embeddings" / name / "meta.json").read_text())["n_items"] == 16
-    # it ends with the geometry report of the teacher (tiny-vit) vs the student (tiny-resnet)
-    report = out / "report" / "report.html"
-    assert report.is_file() and f"report: {report}" in text
-    roles = [m["role"] for m in json.loads((out / "report" / "metrics.json").read_text())["models"]]
-    assert roles == ["teacher", "student"]
-    # a second run replaces the demo's own folder ...
-    assert main(["demo", "--out", str(out), "--n", "16"]) == 0
-    # ... but never a folder the demo did not write
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "keep.txt").write_text("x")
-    assert main(["demo", "--out", str(foreign), "--n", "16"]) == 1
-    assert (foreign / "keep.txt").read_text() == "x"
-
-
 def test_no_half_written_output_on_failure(tmp_path, capsys):
     # every image of the data set is missing: the store is started, then removed when nothing is usable
     (tmp_path / "c.csv").write_text("filepath\ttitle\nnope.png\ta thing\nnada.png\tanother\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lakd import __version__
 from lakd.analysis.analyze import AnalysisConfig, analyze
@@ -20,6 +21,7 @@ from lakd.data import SourceOptions
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
 from lakd.io import atomic_dir, atomic_path, write_json, write_text
+from lakd.report.diagnosis import diagnose
 from lakd.report.figures import save_figures
 from lakd.report.html import render_page
 from lakd.report.inputs import (
@@ -64,6 +66,7 @@ class ReportConfig:
     teacher: str | None = None
     students: tuple[str, ...] = ()
     embeddings: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
     data: str | None = None
     overwrite: bool = False
     sample_size: int = 2000
@@ -115,7 +118,7 @@ def geometry_report(cfg: ReportConfig) -> Path:
     """
     cfg.validate()
     out = Path(cfg.out).resolve()
-    inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students)
+    inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students, cfg.names)
     check_output(out, cfg.overwrite, input_paths(inputs, cfg.data, cfg.source_options))
     data, stores = resolve_inputs(inputs, cfg.data, cfg.source_options, allow_nonfinite=cfg.allow_nonfinite)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
@@ -216,6 +219,9 @@ def assemble(
         "figures": [],
         "results": results,
     }
+    if len(inputs) > 1:
+        recipes = {entry.name: recipe_of(entry) for entry in inputs}
+        meta["diagnosis"] = diagnose(results, reference, recipes)
     labels = row_labels(first, cfg.text_view)
     return ReportData(models=models, labels=labels, meta=meta)
 
@@ -232,7 +238,22 @@ def describe_model(entry: ModelInput, store: EmbeddingStore, root: Path) -> dict
         "embeddings": str(path),
         "dims": {"image": store.dim("image"), "text": store.dim("text")},
         "dropped_nonfinite": {"items": store.n_dropped_items, "texts": store.n_dropped_texts},
+        "recipe": recipe_of(entry),
     }
+
+
+def recipe_of(entry: ModelInput) -> Any:
+    """The recipe a model was trained with, as its lakd checkpoint records it (None when unknown)."""
+    if entry.kind != "model" or Path(entry.spec).suffix.lower() not in (".pt", ".safetensors"):
+        return None
+    from lakd.models.safe_load import read_checkpoint
+
+    try:
+        _, meta = read_checkpoint(Path(entry.spec))
+    except LakdError:
+        return None
+    train = (meta.get("lakd") or {}).get("train") if isinstance(meta.get("lakd"), dict) else None
+    return train.get("recipe") if isinstance(train, dict) else None
 
 
 def alignment_description(dims: dict[str, int], reference: str, config: AnalysisConfig) -> dict:

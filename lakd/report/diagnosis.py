@@ -94,7 +94,7 @@ def distance(prop: Property, teacher: dict, student: dict) -> float | None:
     return rule.distance(value, target) / rule.tolerance
 
 
-def diagnose(results: dict[str, dict], reference: str, recipes: dict[str, str | None]) -> dict[str, Any]:
+def diagnose(results: dict[str, dict], reference: str, recipes: dict[str, Any]) -> dict[str, Any]:
     """``{student: {"recipe", "properties": [...]}}`` for every model but the ``reference`` (the
     teacher): its :data:`TOP` most distant properties outside tolerance, each with the targeting term
     and the other students' distances against the baseline's (module docstring)."""
@@ -149,21 +149,21 @@ def _entry(prop, d, name, teacher, results, baseline, recipes) -> dict[str, Any]
     }
 
 
-def _uses(recipe: str | None, term: str) -> bool | None:
-    """Whether a recipe (a shipped name) has the term; None when the recipe is unknown."""
-    if recipe is None:
-        return None
+def _uses(recipe: Any, term: str) -> bool | None:
+    """Whether a recipe (a shipped name or a mapping of terms) has the term; None when unknown."""
     from lakd.distill.recipe import NAMED_RECIPES
 
-    terms = NAMED_RECIPES.get(recipe)
-    return None if terms is None else term in terms
+    terms = NAMED_RECIPES.get(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(terms, dict):
+        return None
+    return any(name == term or (isinstance(spec, dict) and spec.get("loss") == term) for name, spec in terms.items())
 
 
 def describe(diagnosis: dict[str, Any]) -> list[str]:
     """The diagnosis as lines of text (terminal, report page): every claim with its number."""
     lines = []
     for name, entry in diagnosis.items():
-        recipe = f" (recipe {entry['recipe']})" if entry["recipe"] else ""
+        recipe = f" (recipe {_recipe_text(entry['recipe'])})" if entry["recipe"] else ""
         if not entry["properties"]:
             lines.append(f"{name}{recipe}: every one of {entry['n_properties']} properties within tolerance of the teacher")
             continue
@@ -186,6 +186,10 @@ def describe(diagnosis: dict[str, Any]) -> list[str]:
                 f"term: {prop['term']}{evidence}"
             )
     return lines
+
+
+def _recipe_text(recipe: Any) -> str:
+    return recipe if isinstance(recipe, str) else " + ".join(recipe) if isinstance(recipe, dict) else str(recipe)
 
 
 def format_diagnosis(report: str | Path) -> str:

@@ -78,10 +78,15 @@ def display_name(spec: str) -> str:
 
 
 def make_inputs(
-    teacher: str | None, models: Sequence[str], embeddings: Sequence[str], students: Sequence[str]
+    teacher: str | None,
+    models: Sequence[str],
+    embeddings: Sequence[str],
+    students: Sequence[str],
+    names: Sequence[str] = (),
 ) -> list[ModelInput]:
     """Entries in report order: the teacher, then ``models``, ``embeddings`` and ``students``; the first is
-    the reference. Names are made unique by a ``-2``, ``-3``, ... suffix."""
+    the reference. ``names`` (optional, one per entry in that order) names them; otherwise each is
+    named by its spec, made unique by a ``-2``, ``-3``, ... suffix."""
     entries = [(teacher, "teacher")] if teacher else []
     entries += [(s, "model") for s in models] + [(s, "model") for s in embeddings]
     entries += [(s, "student") for s in students]
@@ -90,9 +95,11 @@ def make_inputs(
     for spec in embeddings:
         if not is_store(spec):
             raise LakdError(f"{spec}: not an embedding store (expected a folder written by `lakd embed`)")
+    if names and (len(names) != len(entries) or len(set(names)) != len(names)):
+        raise LakdError(f"names: give {len(entries)} distinct names, one per entry (got {list(names)})")
     inputs, seen = [], set()
-    for spec, role in entries:
-        base = name = display_name(spec)
+    for index, (spec, role) in enumerate(entries):
+        base = name = names[index] if names else display_name(spec)
         suffix = 2
         while name in seen:
             name, suffix = f"{base}-{suffix}", suffix + 1

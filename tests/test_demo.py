@@ -1,0 +1,84 @@
+"""``lakd demo --quick``: the whole loop with tiny budgets: a cached teacher, students per recipe,
+their final evaluations, one geometry report with its diagnosis, and the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lakd.cli import main
+from lakd.config import to_mapping
+from lakd.demo import RECIPES, STUDENT, TEACHER, DemoConfig, student_config, teacher_config
+from lakd.train import load_train_config
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    out, cache = root / "out", root / "cache"
+    args = ["demo", "--quick", "--out", str(out), "--cache-dir", str(cache)]
+    import contextlib
+    import io
+
+    first, second = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(first):
+        assert main(args) == 0
+    with contextlib.redirect_stdout(second):  # the second run reuses the cached teacher
+        assert main([*args, "--recipe", "none", "--recipe", "fd"]) == 0
+    return out, cache, first.getvalue(), second.getvalue()
+
+
+def test_shipped_experiment_configs_are_the_demos():
+    teacher = load_train_config("experiments/shapes/teacher.yaml")
+    assert to_mapping(teacher) == to_mapping(load_train_config(mapping=TEACHER))
+    distill = to_mapping(load_train_config("experiments/shapes/distill.yaml"))
+    mine = to_mapping(load_train_config(mapping={**STUDENT, "teacher": distill["teacher"]}))
+    assert distill == mine
+
+
+def test_demo_trains_evaluates_and_reports(demo):
+    out, cache, first, second = demo
+    (teacher_run,) = cache.glob("demo-teacher-*")
+    assert (teacher_run / "student.pt").is_file()
+    assert "teacher: training lakd:tiny-vit" in first
+    assert f"teacher: reusing the cached teacher {teacher_run}" in second and "teacher: training" not in second
+    report = json.loads((out / "report" / "metrics.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "none", "fd"]  # the second run's
+    assert [m["recipe"] for m in report["models"]] == ["none", "none", "fd"]
+    diagnosis = report["diagnosis"]
+    assert set(diagnosis) == {"none", "fd"} and diagnosis["fd"]["baseline"] == "none"
+    for entry in diagnosis["fd"]["properties"]:
+        assert entry["distance"] > 1 and entry["term"] and len(entry["evidence"]) == 2
+    assert "what the students did not inherit:" in second and f"report: {out / 'report' / 'report.html'}" in second
+
+
+def test_table_rows_come_from_the_runs_and_the_report(demo):
+    import pandas as pd
+
+    out, _, _, second = demo
+    table = pd.read_csv(out / "summary.csv", index_col=0)
+    assert list(table.index) == ["teacher", "none", "fd"]
+    assert {"R@1 i->t", "zero-shot", "binding", "offset img", "gap", "conformity r img", "CKA img"} <= set(table.columns)
+    final = [json.loads(line) for line in (out / "runs" / "fd" / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [r for r in final if r["kind"] == "eval"][-1]
+    assert table.loc["fd", "zero-shot"] == pytest.approx(last_eval["zeroshot/acc1"])
+    assert pd.isna(table.loc["teacher", "CKA img"]) and 0 <= table.loc["fd", "CKA img"] <= 1
+
+
+def test_student_configs_use_the_cached_teacher(tmp_path):
+    cfg = DemoConfig(quick=True)
+    student = student_config(cfg, "whitened_fd", store=tmp_path / "s", teacher=tmp_path / "t.pt", whitening=tmp_path / "w.safetensors")
+    assert student.teacher.kind == "cached" and student.recipe == "whitened_fd"
+    assert student.schedule.steps < teacher_config(cfg).schedule.steps
+    assert set(RECIPES) == {"none", "fd", "whitened_fd", "clip_kd", "geometry"}
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    assert main(["demo", "--quick", "--out", str(foreign), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert (foreign / "keep.txt").read_text() == "x"
+    assert not Path(tmp_path / "c").exists() or not any(Path(tmp_path / "c").iterdir())
