@@ -85,6 +85,7 @@ INSTANCES = [
         teacher="lakd:tiny-resnet",
         students=("s1.pt", "s2.pt"),
         embeddings=("emb/b",),
+        names=("teacher", "vit", "a", "b", "s1", "s2"),
         data="shapes:val?n=80",
         overwrite=True,
         sample_size=100,
