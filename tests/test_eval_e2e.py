@@ -14,8 +14,9 @@ from PIL import Image
 import lakd.eval.zeroshot
 import lakd.models.embed
 from lakd.cli import main
+from lakd.data.shapes.dataset import TEMPLATES as SHAPES_TEMPLATES
 from lakd.errors import LakdError
-from lakd.eval import DEFAULT_TEMPLATES, EvalConfig, evaluate
+from lakd.eval import EvalConfig, evaluate
 from lakd.models import load_model, save_checkpoint
 from lakd.models.embed import EmbedConfig, embed
 
@@ -108,7 +109,7 @@ def test_new_templates_re_embed_only_the_class_prompts(val_run, tmp_path, monkey
     # a damaged cached prompt file is embedded again
     (Path(store) / "classes.safetensors").write_bytes(b"garbage")
     again = evaluate(EvalConfig(model=cfg.model, data=cfg.data, cache_dir=str(cache), task="zeroshot"))
-    assert again["zeroshot"]["lakd"]["templates"] == list(DEFAULT_TEMPLATES)
+    assert again["zeroshot"]["lakd"]["templates"] == list(SHAPES_TEMPLATES)  # the shapes world's own
 
 
 def test_same_teacher_agrees_completely(val_run, monkeypatch):

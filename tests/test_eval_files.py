@@ -150,6 +150,12 @@ def test_real_cifar10_store_reproduces_zero_shot_top1(tmp_path):
 
 def test_default_templates_are_valid():
     assert DEFAULT_TEMPLATES and all(template_problem(t) is None for t in DEFAULT_TEMPLATES)
+    from lakd.data import open_source
+    from lakd.eval.templates import source_templates
+
+    assert source_templates(object()) == list(DEFAULT_TEMPLATES)  # data without templates of its own
+    shapes = source_templates(open_source("shapes:val?n=2"))
+    assert shapes != list(DEFAULT_TEMPLATES) and all(template_problem(t) is None for t in shapes)
 
 
 def test_template_file(tmp_path):

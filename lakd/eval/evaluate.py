@@ -15,10 +15,10 @@ from pathlib import Path
 from lakd.data import SourceOptions
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
-from lakd.eval.inputs import EvalInputs, load_inputs
+from lakd.eval.inputs import EvalInputs, load_inputs, store_source
 from lakd.eval.results import result_record, write_results
 from lakd.eval.tasks import select_tasks, task_by_name
-from lakd.eval.templates import DEFAULT_TEMPLATES, load_templates
+from lakd.eval.templates import load_templates, source_templates
 from lakd.eval.zeroshot import ensure_class_prompts
 from lakd.models.embed import cached_embed
 
@@ -33,7 +33,7 @@ class EvalConfig:
     ``retrieval``, ``probes`` or ``all`` (every task the data supports). ``out``: result file (may
     contain ``{task}``); None writes nothing. ``teacher`` (a model spec, run over the same data) or
     ``teacher_embeddings`` (a store of the same items) adds teacher-agreement metrics.
-    ``templates``: a template file (default :data:`DEFAULT_TEMPLATES`). ``cache_dir`` defaults to
+    ``templates``: a template file (default: the data's own, :func:`~lakd.eval.templates.source_templates`). ``cache_dir`` defaults to
     ``eval-cache`` beside ``out``.
     """
 
@@ -96,7 +96,7 @@ def _student(cfg: EvalConfig, templates: list[str] | None) -> tuple[EmbeddingSto
         if (task is None or only_zeroshot) and store.meta.get("classnames") and store.meta.get("has_labels"):
             ensure_class_prompts(
                 store,
-                templates or list(DEFAULT_TEMPLATES),
+                templates or source_templates(store_source(store)),
                 cfg.model,
                 arch=cfg.arch,
                 batch_size=cfg.batch_size,

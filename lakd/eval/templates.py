@@ -58,6 +58,13 @@ def load_templates(path: str | os.PathLike) -> list[str]:
     return templates
 
 
+def source_templates(source: object) -> list[str]:
+    """The templates a data source states for its classes (the shapes world's, in its own caption
+    language), else :data:`DEFAULT_TEMPLATES`."""
+    own = getattr(source, "templates", None)
+    return list(own) if own else list(DEFAULT_TEMPLATES)
+
+
 def class_prompts_text(classnames: list[str], templates: list[str]) -> list[str]:
     """Prompts in class-major order: ``[t.format(c=name) for name in classnames for t in templates]``."""
     return [template.format(c=name) for name in classnames for template in templates]

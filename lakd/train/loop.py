@@ -33,7 +33,8 @@ from lakd.data.store import EmbeddingStore
 from lakd.distill import Recipe, StudentWithHeads
 from lakd.distill.heads import embed_dim_of
 from lakd.errors import LakdError
-from lakd.eval.templates import DEFAULT_TEMPLATES
+from lakd.eval.results import json_safe
+from lakd.eval.templates import source_templates
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.models import export_local_dir, load_model, save_checkpoint
 from lakd.models.checkpoint import unwrap
@@ -130,7 +131,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_json_safe(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
 
 def _parse(line: str) -> dict:
@@ -147,16 +148,6 @@ def _step_of(line: str) -> int:
 
 def _kind_of(line: str) -> str | None:
     return _parse(line).get("kind")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 @dataclass
@@ -286,7 +277,7 @@ def _text_anchors(cfg: TrainConfig, teacher: Encoder | None, source, device: str
             "training data with class names"
         )
     return embed_class_prompts(
-        teacher.model, teacher.tokenizer, classnames, list(DEFAULT_TEMPLATES), device=device
+        teacher.model, teacher.tokenizer, classnames, source_templates(source), device=device
     ).to(device)
 
 

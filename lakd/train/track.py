@@ -25,7 +25,7 @@ from lakd.errors import LakdError
 from lakd.eval.inputs import EvalInputs
 from lakd.eval.probes import probe_conditions
 from lakd.eval.tasks import TASKS
-from lakd.eval.templates import DEFAULT_TEMPLATES
+from lakd.eval.templates import source_templates
 from lakd.eval.truth import Truth, source_truth
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.models.encode import Encoded, collate_source, encode_batches
@@ -110,7 +110,7 @@ def task_metrics(fixed: FixedSet, encoded: Encoded, encoder: Encoder, device: st
     """``<task>/<metric>`` of every task of :mod:`lakd.eval` that applies to the set."""
     prompts = None
     if fixed.classnames and encoded.labels is not None and fixed.conditions is None:
-        templates = list(DEFAULT_TEMPLATES)
+        templates = source_templates(fixed.source)
         embeddings = embed_class_prompts(
             encoder.model, encoder.tokenizer, fixed.classnames, templates, device=device
         )

@@ -21,6 +21,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test", "probes")
 DEFAULT_N: dict[str, int] = {"train": 10000, "val": 2000, "test": 2000, "probes": 1000}
 WORLD_STREAM, PROBE_STREAM = 0, 1
 MIN_IMAGE_SIZE = 16
+# zero-shot prompt templates in the world's own caption language (its captions never say "photo")
+TEMPLATES: tuple[str, ...] = ("a {c}", "a small {c}", "a large {c}", "one {c}")
 
 
 def item_rngs(seed: int, split: str, index: int, stream: int) -> tuple[np.random.Generator, ...]:
@@ -58,6 +60,7 @@ class _Split:
         self.split, self.n, self.seed = split, int(n), int(seed)
         self.image_size, self.max_objects, self.noise = int(image_size), int(max_objects), bool(noise)
         self.classnames: list[str] = list(SHAPES)
+        self.templates: tuple[str, ...] = TEMPLATES
 
     def __len__(self) -> int:
         return self.n

@@ -24,7 +24,7 @@ from tqdm import tqdm
 import lakd
 from lakd.data.base import Item, Skipped, SourceOptions
 from lakd.data.readers.common import UnreadableImage, is_outside, load_image_file
-from lakd.data.shapes.dataset import ShapesProbes, ShapesWorld
+from lakd.data.shapes.dataset import TEMPLATES, ShapesProbes, ShapesWorld
 from lakd.data.shapes.probes import PROBE_CONDITIONS
 from lakd.data.shapes.world import MAX_OBJECTS
 from lakd.errors import LakdError
@@ -177,6 +177,7 @@ class ShapesFolder:
         if not isinstance(classnames, list) or not all(isinstance(c, str) for c in classnames):
             raise LakdError(f"{self.root / MARKER}: field 'classnames' must be a list of names")
         self.classnames: list[str] = classnames
+        self.templates: tuple[str, ...] = TEMPLATES
         self.split = self.marker.get("split")
         self.records = _read_records(self.root, options.allow_outside_root)
         if not self.records:
