@@ -1,24 +1,31 @@
 """The ``lakd`` command line: parse arguments, build a config, call one library function.
 
 Heavy imports (torch, open_clip) happen inside the commands, so ``lakd --help`` is instant.
-User-input problems surface as :class:`lakd.errors.LakdError` and are printed as one line
-(``error: ...``) with exit status 1; ``--debug`` shows the traceback instead.
+Each command builds its config dataclass from a mapping of its option values through the strict
+loader (:func:`build_config`). User-input problems surface as :class:`lakd.errors.LakdError` and
+are printed as one line (``error: ...``) with exit status 1; ``--debug`` shows the traceback
+instead. Library messages name config fields (:mod:`lakd.errors`); the printer shows each field as
+the running command's flag (:data:`FIELD_FLAGS`), or as written when the command has none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path, PurePath
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from lakd.errors import LakdError
+from lakd.errors import LEADING_FIELD, QUOTED_FIELD, LakdError
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="lakd",
@@ -29,6 +36,102 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate and export data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+# ---- config fields as flags ---------------------------------------------------------------------
+# The flag of a config field is ``--`` + its name with ``_`` -> ``-``, except for the fields below.
+# A field is shown as its flag only by a command that has that flag (see _RunningCommand).
+FIELD_FLAGS: dict[str, str] = {
+    "num_workers": "--workers",  # lakd embed
+    "models": "--model",  # lakd geometry report (repeatable)
+    "students": "--student",  # lakd geometry report (repeatable)
+    "modalities": "--modality",  # lakd whiten fit (repeatable)
+    "recipes": "--recipe",  # lakd demo (repeatable)
+}
+
+
+def field_flag(name: str) -> str:
+    """The flag of the config field ``name`` (``source_options.download`` -> ``--download``)."""
+    leaf = name.rpartition(".")[2]
+    return FIELD_FLAGS.get(leaf, "--" + leaf.replace("_", "-"))
+
+
+def config_fields(cls: type, prefix: str = "") -> Iterator[str]:
+    """Names of the fields of the dataclass ``cls``; a section's fields both dotted and bare
+    (``source_options``, ``source_options.download``, ``download``), as messages of the code that
+    receives the section name them bare."""
+    for f in dataclasses.fields(cls):
+        yield prefix + f.name
+        section = next((t for t in _annotation_types(cls, f.name) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            yield from config_fields(section, f"{prefix}{f.name}.")
+            if not prefix:
+                yield from config_fields(section)
+
+
+def _annotation_types(cls: type, name: str) -> tuple:
+    tp = typing.get_type_hints(cls)[name]
+    return typing.get_args(tp) or (tp,)
+
+
+@dataclass
+class _RunningCommand:
+    """What the error printer knows of the command that runs: ``flags`` maps each config field the
+    command has a flag for to that flag; ``given`` holds the strings the user gave (a message that
+    starts with one of them, say ``out: ...`` for ``--out out``, starts with a value, not a field)."""
+
+    flags: dict[str, str]
+    given: frozenset[str] = frozenset()
+
+    def show(self, message: str) -> str:
+        """``message`` with its fields (backquoted, or a leading ``field:``) written as flags."""
+        message = QUOTED_FIELD.sub(lambda m: self.flags.get(m[1], m[0]), message)
+        leading = LEADING_FIELD.match(message)
+        if leading and leading[1] in self.flags and leading[1] not in self.given:
+            message = self.flags[leading[1]] + message[leading.end(1) :]
+        return message
+
+
+_running: _RunningCommand | None = None
+
+
+def _note_command(
+    ctx: typer.Context, fields: Iterator[str] | None, values: Mapping[str, Any] | None = None
+) -> None:
+    """Record the running command (``ctx``) for the error printer; ``fields``: its config's fields
+    (None: the command's own parameter names); ``values``: its config's values."""
+    global _running
+    command = ctx.command
+    options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    names = [p.name for p in command.params] if fields is None else list(fields)
+    flags = {name: field_flag(name) for name in names if field_flag(name) in options}
+    given = {*_strings(ctx.params), *_strings(values or {})}
+    _running = _RunningCommand(flags, frozenset(given))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str | PurePath):
+        yield str(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def build_config(ctx: typer.Context, cls: type[T], values: Mapping[str, Any]) -> T:
+    """The config ``cls`` of the running command ``ctx`` from its option values, through the strict
+    loader (:func:`lakd.config.from_mapping`); messages from then on name the command's flags."""
+    from lakd.config import from_mapping
+
+    _note_command(ctx, config_fields(cls), values)
+    return from_mapping(cls, values, source=ctx.command_path)
+
+
+def show_fields(message: str) -> str:
+    """A library message as the running command prints it (fields as its flags)."""
+    return message if _running is None else _running.show(message)
 
 
 @app.callback()
@@ -103,7 +206,12 @@ class DataFlags:
     def options(self):
         from lakd.data.base import SourceOptions
 
-        return SourceOptions(download=self.values["download"], allow_outside_root=self.values["allow_outside_root"])
+        return SourceOptions(**self.source_options)
+
+    @property
+    def source_options(self) -> dict[str, bool]:
+        """The :class:`~lakd.data.base.SourceOptions` fields, as a config mapping."""
+        return {"download": self.values["download"], "allow_outside_root": self.values["allow_outside_root"]}
 
 
 def data_options(command: Callable) -> Callable:
@@ -122,6 +230,7 @@ def data_options(command: Callable) -> Callable:
 
 @data_app.command("shapes")
 def data_shapes(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Folder to write (PNGs, captions.csv, scenes.jsonl).")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 1000,
     split: Annotated[str, typer.Option("--split", help="train, val, test or probes.")] = "train",
@@ -132,6 +241,7 @@ def data_shapes(
     """Export the procedural shapes world: PNGs plus captions.csv in open_clip's CSV convention."""
     from lakd.data.shapes import export_shapes
 
+    _note_command(ctx, None)
     path = export_shapes(out, split=split, n=n, seed=seed, image_size=image_size, overwrite=overwrite)
     typer.echo(f"wrote {n} {split} scenes to {path} (captions.csv, scenes.jsonl, images/)")
 
@@ -139,6 +249,7 @@ def data_shapes(
 @app.command()
 @data_options
 def embed(
+    ctx: typer.Context,
     model: Annotated[
         str, typer.Option("--model", help="Model spec (ckpt.pt, open_clip:ARCH[@TAG], lakd:NAME, ...).")
     ],
@@ -166,19 +277,23 @@ def embed(
     from lakd.models.embed import EmbedConfig
     from lakd.models.embed import embed as run_embed
 
-    cfg = EmbedConfig(
-        model=model,
-        data=data_flags.spec(data),
-        out=str(out),
-        batch_size=batch_size,
-        device=device,
-        shard_size=shard_size,
-        dtype=dtype,
-        num_workers=workers,
-        allow_nonfinite=allow_nonfinite,
-        overwrite=overwrite,
-        arch=arch,
-        source_options=data_flags.options,
+    cfg = build_config(
+        ctx,
+        EmbedConfig,
+        {
+            "model": model,
+            "data": data_flags.spec(data),
+            "out": str(out),
+            "batch_size": batch_size,
+            "device": device,
+            "shard_size": shard_size,
+            "dtype": dtype,
+            "num_workers": workers,
+            "allow_nonfinite": allow_nonfinite,
+            "overwrite": overwrite,
+            "arch": arch,
+            "source_options": data_flags.source_options,
+        },
     )
     store = run_embed(cfg)
     typer.echo(
@@ -189,6 +304,7 @@ def embed(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path(
         "lakd_demo"
     ),
@@ -205,17 +321,19 @@ def demo(
     """Train a shapes-world teacher (cached), distil students with each recipe, evaluate, report."""
     from lakd.demo import RECIPES, DemoConfig, run_demo
 
-    run_demo(
-        DemoConfig(
-            out=str(out),
-            quick=quick,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            recipes=tuple(recipe or RECIPES),
-            seed=seed,
-            device=device,
-        ),
-        echo=typer.echo,
+    cfg = build_config(
+        ctx,
+        DemoConfig,
+        {
+            "out": str(out),
+            "quick": quick,
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            "recipes": list(recipe or RECIPES),
+            "seed": seed,
+            "device": device,
+        },
     )
+    run_demo(cfg, echo=typer.echo)
 
 
 # ---- lakd train -------------------------------------------------------------------------------
@@ -322,20 +440,24 @@ def eval_run(
 
     if out is None:
         raise LakdError("--out: give the result file to write (e.g. --out results.json)")
-    cfg = EvalConfig(
-        model=model,
-        data=data_flags.spec(data),
-        embeddings=embeddings,
-        task=task,
-        out=str(out),
-        teacher=teacher,
-        teacher_embeddings=teacher_embeddings,
-        templates=str(templates) if templates else None,
-        batch_size=batch_size,
-        device=device,
-        arch=arch,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        source_options=data_flags.options,
+    cfg = build_config(
+        ctx,
+        EvalConfig,
+        {
+            "model": model,
+            "data": data_flags.spec(data),
+            "embeddings": embeddings,
+            "task": task,
+            "out": str(out),
+            "teacher": teacher,
+            "teacher_embeddings": teacher_embeddings,
+            "templates": str(templates) if templates else None,
+            "batch_size": batch_size,
+            "device": device,
+            "arch": arch,
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            "source_options": data_flags.source_options,
+        },
     )
     records = evaluate(cfg)
     typer.echo(format_summary(list(records.values())))
@@ -344,12 +466,14 @@ def eval_run(
 
 @eval_app.command("table")
 def eval_table(
+    ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(help="lakd or clip_benchmark result JSON files.")],
     out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
 ) -> None:
     """Merge lakd and clip_benchmark result files into one CSV table (one row per task result)."""
     from lakd.eval.results import write_table
 
+    _note_command(ctx, None)
     table = write_table(files, out)
     typer.echo(f"wrote {len(table)} result row(s) from {len(files)} file(s) to {out}")
 
@@ -358,7 +482,7 @@ class _LevelPrefixFormatter(logging.Formatter):
     """``warning: message`` (lower-case level, like the ``error:`` lines)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        return f"{record.levelname.lower()}: {show_fields(record.getMessage())}"
 
 
 # ---- whiten -------------------------------------------------------------------------------------
@@ -373,6 +497,7 @@ Method = Annotated[str, typer.Option("--method", help="zca (symmetric) or pca.")
 
 @whiten_app.command("fit")
 def whiten_fit(
+    ctx: typer.Context,
     embeddings: Annotated[Path, typer.Option("--embeddings", help="Embedding store folder (lakd embed).")],
     out: Annotated[
         Path,
@@ -396,15 +521,19 @@ def whiten_fit(
     """Fit per-modality whitening statistics (float64, eigh) on an embedding store."""
     from lakd.data.store.whitening import MODALITIES, WhitenFitConfig, fit_store_whitening
 
-    cfg = WhitenFitConfig(
-        embeddings=str(embeddings),
-        out=str(out),
-        modalities=tuple(modality or MODALITIES),
-        method=method,
-        eps=eps,
-        shrinkage=shrinkage,
-        rank=rank,
-        allow_nonfinite=allow_nonfinite,
+    cfg = build_config(
+        ctx,
+        WhitenFitConfig,
+        {
+            "embeddings": str(embeddings),
+            "out": str(out),
+            "modalities": list(modality or MODALITIES),
+            "method": method,
+            "eps": eps,
+            "shrinkage": shrinkage,
+            "rank": rank,
+            "allow_nonfinite": allow_nonfinite,
+        },
     )
     for name, path in fit_store_whitening(cfg).items():
         typer.echo(f"{name}: {path}")
@@ -412,6 +541,7 @@ def whiten_fit(
 
 @whiten_app.command("apply")
 def whiten_apply(
+    ctx: typer.Context,
     embeddings: Annotated[Path, typer.Option("--embeddings", help="Embedding store to whiten.")],
     stats: Annotated[
         Path, typer.Option("--stats", help="NAME.safetensors given to `lakd whiten fit --out`.")
@@ -425,15 +555,18 @@ def whiten_apply(
     """Write a whitened copy of an embedding store, y = (x - mu) W per modality."""
     from lakd.data.store.whitening import WhitenApplyConfig, apply_store_whitening
 
-    store = apply_store_whitening(
-        WhitenApplyConfig(
-            embeddings=str(embeddings),
-            stats=str(stats),
-            out=str(out),
-            overwrite=overwrite,
-            allow_nonfinite=allow_nonfinite,
-        )
+    cfg = build_config(
+        ctx,
+        WhitenApplyConfig,
+        {
+            "embeddings": str(embeddings),
+            "stats": str(stats),
+            "out": str(out),
+            "overwrite": overwrite,
+            "allow_nonfinite": allow_nonfinite,
+        },
     )
+    store = apply_store_whitening(cfg)
     typer.echo(f"wrote {store.n_items} items / {store.n_texts} captions, whitened, to {out}")
 
 
@@ -451,6 +584,7 @@ ModelList = Annotated[
 @geometry_app.command("report")
 @data_options
 def geometry_report_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Report folder to write.")],
     model: ModelList = None,
     teacher: Annotated[
@@ -491,29 +625,38 @@ def geometry_report_command(
         str | None,
         typer.Option("--checkpoints", help="With --run: all, or steps such as 100,300 (default: first, middle, last)."),
     ] = None,
+    allow_nonfinite: Annotated[
+        bool,
+        typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows of the stores (with a count) instead of failing."),
+    ] = False,
     data_flags: DataFlags | None = None,
 ) -> None:
     """Geometry report of one or more models, or of a training run's checkpoints (--run): report.html,
     figures/*.png, metrics.json, metrics.csv."""
     from lakd.report import ReportConfig, geometry_report, report_summary
 
-    cfg = ReportConfig(
-        out=str(out),
-        models=tuple(model or ()),
-        teacher=teacher,
-        students=tuple(student or ()),
-        embeddings=tuple(embeddings or ()),
-        data=data_flags.spec(data),
-        overwrite=overwrite,
-        sample_size=sample_size,
-        tsne_items=tsne_items,
-        text_view=text_view,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        run=run,
-        checkpoints=checkpoints,
-        source_options=data_flags.options,
+    cfg = build_config(
+        ctx,
+        ReportConfig,
+        {
+            "out": str(out),
+            "models": list(model or ()),
+            "teacher": teacher,
+            "students": list(student or ()),
+            "embeddings": list(embeddings or ()),
+            "data": data_flags.spec(data),
+            "overwrite": overwrite,
+            "sample_size": sample_size,
+            "tsne_items": tsne_items,
+            "text_view": text_view,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": device,
+            "allow_nonfinite": allow_nonfinite,
+            "run": run,
+            "checkpoints": checkpoints,
+            "source_options": data_flags.source_options,
+        },
     )
     typer.echo(report_summary(geometry_report(cfg)))
 
@@ -532,10 +675,12 @@ def _configure_logging(debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lakd`` script; returns the exit status (callable from tests)."""
+    global _running
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     _configure_logging(debug)
     command = typer.main.get_command(app)
+    _running = None
     try:
         command.main(args=args, prog_name="lakd", standalone_mode=True)
     except SystemExit as exit_:  # click's own exit: help, usage errors, normal completion
@@ -544,8 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LakdError, OSError) as err:  # OSError: unwritable output folder, full disk, ...
         if debug:
             raise
-        typer.echo(f"error: {_one_line(err)}", err=True)
+        typer.echo(f"error: {show_fields(_one_line(err))}", err=True)
         return 1
+    finally:
+        _running = None
     return 0
 
 

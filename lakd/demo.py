@@ -91,7 +91,7 @@ def _fresh_output(out: Path) -> None:
     """Replace a previous demo folder; refuse to touch a folder the demo did not make."""
     if out.exists():
         if not (out / MARKER).exists():
-            raise LakdError(f"{out}: exists and was not written by `lakd demo`; choose another --out")
+            raise LakdError(f"{out}: exists and was not written by `lakd demo`; choose another `out`")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("written by lakd demo; replaced on the next run\n")

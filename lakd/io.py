@@ -82,7 +82,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         if not overwrite:
             from lakd.errors import LakdError
 
-            raise LakdError(f"{path}: already exists (use --overwrite to replace it)")
+            raise LakdError(f"{path}: already exists (use `overwrite` to replace it)")
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
         os.replace(path, old / path.name)
         try:

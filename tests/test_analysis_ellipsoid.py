@@ -105,7 +105,12 @@ def test_rank_deficient_covariance_reports_rank_and_no_condition_number(case):
     assert result["condition_number"] is None
     assert result["numerical_rank"] == {"n_below_d": 5, "duplicated_columns": 9, "constant_column": 9}[case]
     assert min(result["eigenvalues"]) >= 0.0  # rounding noise clipped, never negative
-    assert np.isfinite(result["effective_rank"]) and np.isfinite(offset_ratio(x))
+    # by hand: exp(entropy) of the normalised eigenvalues (0 log 0 = 0), ||mu|| / sqrt(tr Sigma)
+    covariance = np.cov(x, rowvar=False)
+    share = np.clip(np.linalg.eigvalsh(covariance), 0.0, None) / np.trace(covariance)
+    share = share[share > 1e-12]
+    assert result["effective_rank"] == pytest.approx(np.exp(-(share * np.log(share)).sum()), rel=1e-9)
+    assert offset_ratio(x) == pytest.approx(np.linalg.norm(x.mean(axis=0)) / np.sqrt(np.trace(covariance)), rel=1e-12)
 
 
 def test_degenerate_inputs_are_clear_errors():

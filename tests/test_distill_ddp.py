@@ -3,6 +3,11 @@
 MFD draws random masks on each rank; with a ``seed`` they are ``mask_seed(seed, rank, step)``, so
 the reference is one process running rank r's masks on half r of the batch (the global loss is
 the mean of the two halves' losses, the halves being equal).
+
+A student wrapped in ``DistributedDataParallel`` (each rank a half of the batch, the recipe gathered)
+gets the parameter gradients of one process on the whole batch: the gather's backward sums every
+rank's gradient of the global loss into the local rows (a factor of the world size), and DDP's
+average over ranks divides it out again.
 """
 
 from __future__ import annotations
@@ -17,13 +22,22 @@ import torch.multiprocessing as mp
 
 import lakd.distill.feature
 from lakd.analysis import fit_whitening
-from lakd.distill import MODALITIES, DistillBatch, ProjectionHeads, Recipe, available_losses, build_loss
+from lakd.distill import (
+    MODALITIES,
+    DistillBatch,
+    ProjectionHeads,
+    Recipe,
+    StudentWithHeads,
+    available_losses,
+    build_loss,
+)
 from lakd.models import load_model
 
 WORLD, N, STUDENT_DIM, TEACHER_DIM = 2, 12, 6, 10
 # every loss except mfd, which re-encodes images: its own set-up below
 CONFIG = {name: 1.0 for name in available_losses() if name != "mfd"}
 MFD_OPTIONS = {"seed": 7, "mask_ratio": 0.5}
+DDP_ITEMS, DDP_RECIPES = 16, ("fd", "none")
 
 
 def full_inputs() -> dict:
@@ -97,6 +111,39 @@ def parameter_grads(*modules: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for m in modules for p in m.parameters() if p.grad is not None])
 
 
+def ddp_inputs() -> dict[str, torch.Tensor]:
+    """The fixed batch of the DDP test: images, tokenised captions and precomputed teacher features."""
+    generator = torch.Generator().manual_seed(11)
+    _, _, tokenizer = load_model("lakd:tiny-vit")
+    return {
+        "images": torch.randn(DDP_ITEMS, 3, 64, 64, generator=generator),
+        "texts": tokenizer([f"a photo of item {i} in a row of {DDP_ITEMS}" for i in range(DDP_ITEMS)]),
+        "teacher_image": 2.0 + torch.randn(DDP_ITEMS, TEACHER_DIM, generator=generator),
+        "teacher_text": -1.0 + torch.randn(DDP_ITEMS, TEACHER_DIM, generator=generator),
+    }
+
+
+def ddp_student(recipe: str) -> StudentWithHeads:
+    """lakd:tiny-vit (fixed random init) with heads to the teacher's dim for a distilling recipe,
+    without heads for plain CLIP (``none``: no teacher); the same weights in every process."""
+    model = load_model("lakd:tiny-vit")[0].train()
+    torch.manual_seed(4)
+    return StudentWithHeads.for_teacher(model, TEACHER_DIM) if recipe != "none" else StudentWithHeads(model)
+
+
+def ddp_step(student: torch.nn.Module, wrapper: StudentWithHeads, recipe: str, rows: slice, gather: bool):
+    """One forward and backward of ``recipe`` on ``rows`` of the DDP batch through ``student``
+    (the wrapper, or DDP around it); returns the gradient of every parameter, by name."""
+    inputs = ddp_inputs()
+    outputs = student(inputs["images"][rows], inputs["texts"][rows])
+    teacher = {} if recipe == "none" else {m: inputs[f"teacher_{m}"][rows] for m in ("image", "text")}
+    batch = wrapper.distill_batch(
+        outputs, teacher_image=teacher.get("image"), teacher_text=teacher.get("text")
+    )
+    Recipe.named(recipe, gather=gather)(batch).total.backward()
+    return {name: p.grad.clone() for name, p in wrapper.named_parameters() if p.grad is not None}
+
+
 def worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -115,6 +162,13 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
             "params": parameter_grads(model, heads),
         }
         torch.save(mfd, Path(out_dir) / f"mfd{rank}.pt")
+
+        local = DDP_ITEMS // WORLD
+        for recipe in DDP_RECIPES:
+            wrapper = ddp_student(recipe)
+            ddp = torch.nn.parallel.DistributedDataParallel(wrapper)
+            grads = ddp_step(ddp, wrapper, recipe, slice(rank * local, (rank + 1) * local), gather=True)
+            torch.save(grads, Path(out_dir) / f"ddp-{recipe}{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -175,3 +229,17 @@ def test_seeded_mfd_on_two_ranks_equals_one_process_with_each_ranks_masks_on_its
     # DDP averages parameter gradients over the ranks: that average is the gradient of the global loss
     averaged = sum(result["params"] for result in results) / WORLD
     torch.testing.assert_close(averaged, parameter_grads(model, heads), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("recipe", DDP_RECIPES)
+def test_ddp_student_gets_the_gradients_of_one_process_on_the_whole_batch(ranks_out, recipe):
+    wrapper = ddp_student(recipe)
+    expected = ddp_step(wrapper, wrapper, recipe, slice(None), gather=False)
+    assert ("heads.maps.image.weight" in expected) == (recipe != "none")
+    assert len(expected) == len(list(wrapper.parameters()))  # every parameter gets a gradient
+    for rank in range(WORLD):
+        grads = torch.load(ranks_out / f"ddp-{recipe}{rank}.pt", weights_only=True)
+        assert grads.keys() == expected.keys()
+        for name, grad in grads.items():
+            scale = expected[name].abs().max().item()
+            torch.testing.assert_close(grad, expected[name], rtol=1e-3, atol=1e-5 * scale + 1e-12, msg=name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import PatchDropout
 
 from lakd.distill import DistillBatch, FeatureDims, Recipe, StudentWithHeads, build_loss
-from lakd.distill.masking import encode_masked_images, mask_pixel_cells, mask_seed
+from lakd.distill.masking import encode_masked_images, mask_pixel_cells, mask_seed, seeded_masks
 from lakd.errors import LakdError
 from lakd.models import load_model
 
@@ -59,15 +60,29 @@ def test_vit_student_sees_fewer_patch_tokens_when_masked(tiny_vit):
     assert not isinstance(tiny_vit.visual.patch_dropout, PatchDropout), "original (no) patch dropout restored"
 
 
+def fd_term(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """mean_i ||s_hat_i - t_hat_i||^2, written out."""
+    return (F.normalize(student, dim=-1) - F.normalize(teacher, dim=-1)).pow(2).sum(dim=1).mean()
+
+
 def test_mfd_loss_trains_the_vit_student_through_the_masked_view(tiny_vit):
     images = torch.randn(4, 3, 64, 64)
     batch = mfd_batch(tiny_vit, images)
     tiny_vit.zero_grad()
-    loss = build_loss("mfd", {"mask_ratio": 0.5}, FeatureDims())(batch)
-    assert torch.isfinite(loss)
+    loss = build_loss("mfd", {"mask_ratio": 0.5, "seed": 3}, FeatureDims())(batch)
+    # by hand: the student's features of the same masked view (first call: seed mask_seed(3, 0, 0)),
+    # through the image head, against the teacher's; plus fd on text
+    masked = encode_masked_images(tiny_vit, images, 0.5, seed=mask_seed(3, 0, 0))
+    heads = batch.heads.maps
+    expected = fd_term(heads["image"](masked), batch.teacher_image) + fd_term(
+        heads["text"](batch.student_text), batch.teacher_text
+    )
+    torch.testing.assert_close(loss, expected)
+    conv = tiny_vit.visual.conv1.weight
+    (expected_grad,) = torch.autograd.grad(expected, conv, retain_graph=True)
     loss.backward()
-    conv_grad = tiny_vit.visual.conv1.weight.grad
-    assert conv_grad is not None and torch.isfinite(conv_grad).all() and conv_grad.abs().sum() > 0
+    assert conv.grad.abs().sum() > 0
+    torch.testing.assert_close(conv.grad, expected_grad)
     assert batch.heads.maps["image"].weight.grad is not None
 
 
@@ -90,7 +105,13 @@ def test_resnet_student_can_refuse_instead_of_falling_back(tiny_resnet):
     batch = mfd_batch(tiny_resnet, images)
     with pytest.raises(LakdError, match="TimmModel cannot drop patch tokens"):
         build_loss("mfd", {"fallback": "error"}, FeatureDims())(batch)
-    assert torch.isfinite(build_loss("mfd", {"fallback": "pixel"}, FeatureDims())(batch))
+    value = build_loss("mfd", {"fallback": "pixel", "seed": 5}, FeatureDims())(batch)
+    with seeded_masks(mask_seed(5, 0, 0)):  # the loss's first call masks from this seed
+        masked_images = mask_pixel_cells(images, 0.75)
+    heads = batch.heads.maps
+    expected = fd_term(heads["image"](tiny_resnet.encode_image(masked_images)), batch.teacher_image)
+    expected = expected + fd_term(heads["text"](batch.student_text), batch.teacher_text)
+    torch.testing.assert_close(value, expected)
 
 
 def test_mask_pixel_cells_covers_edges_and_masks_the_requested_share():

@@ -104,7 +104,7 @@ def test_new_templates_re_embed_only_the_class_prompts(val_run, tmp_path, monkey
     same = evaluate(EvalConfig(embeddings=store, task="zeroshot", templates=str(templates)))
     assert same["zeroshot"]["metrics"] == records["zeroshot"]["metrics"]
     templates.write_text("another {c}\n")
-    with pytest.raises(LakdError, match="--templates: .* holds class prompts of other templates"):
+    with pytest.raises(LakdError, match="`templates`: .* holds class prompts of other templates"):
         evaluate(EvalConfig(embeddings=store, task="zeroshot", templates=str(templates)))
     # a damaged cached prompt file is embedded again
     (Path(store) / "classes.safetensors").write_bytes(b"garbage")
@@ -249,12 +249,12 @@ def test_store_without_class_prompts(tmp_path):
     "kwargs, message",
     [
         ({"model": "lakd:tiny-vit", "data": VAL, "task": "captioning"}, "unknown task 'captioning'"),
-        ({"model": "lakd:tiny-vit", "embeddings": "x", "data": VAL}, "either --model"),
-        ({}, "either --model"),
-        ({"model": "lakd:tiny-vit"}, "--data: needed"),
-        ({"embeddings": "x", "data": VAL}, "--data: not used"),
+        ({"model": "lakd:tiny-vit", "embeddings": "x", "data": VAL}, "either `model`"),
+        ({}, "either `model`"),
+        ({"model": "lakd:tiny-vit"}, "^data: needed"),
+        ({"embeddings": "x", "data": VAL}, "^data: not used"),
         ({"embeddings": "x", "teacher": "a", "teacher_embeddings": "b"}, "not both"),
-        ({"model": "lakd:tiny-vit", "data": VAL, "batch_size": 0}, "--batch-size"),
+        ({"model": "lakd:tiny-vit", "data": VAL, "batch_size": 0}, "^batch_size: must be positive, got 0"),
     ],
 )
 def test_bad_config(tmp_path, kwargs, message):

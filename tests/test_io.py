@@ -46,7 +46,7 @@ def test_atomic_dir_permissions_overwrite_and_cleanup(tmp_path):
         with atomic_dir(out) as tmp:
             (tmp / "f").write_text("1")
         assert _mode(out) == 0o755 and (out / "f").read_text() == "1"
-        with pytest.raises(LakdError, match="--overwrite"):
+        with pytest.raises(LakdError, match="already exists \\(use `overwrite` to replace it\\)"):
             with atomic_dir(out) as tmp:
                 (tmp / "f").write_text("2")
         assert (out / "f").read_text() == "1"

@@ -117,7 +117,7 @@ def test_unknown_spec_lists_the_accepted_forms(tmp_path):
 
 
 def test_arch_only_applies_to_checkpoint_files():
-    with pytest.raises(LakdError, match="--arch applies only to checkpoint files"):
+    with pytest.raises(LakdError, match="lakd:tiny-vit: `arch` applies only to checkpoint files"):
         load_model("lakd:tiny-vit", arch="ViT-B-32")
 
 
@@ -240,7 +240,7 @@ def _open_clip_style(model, path, *, prefix=""):
 def test_open_clip_checkpoint_needs_arch(vit, tmp_path, prefix):
     spec, model, _, _, images, tokens, (img, txt) = vit
     path = _open_clip_style(model, tmp_path / "oc.pt", prefix=prefix)
-    with pytest.raises(LakdError, match=f"{path}: no model_cfg .*pass --arch"):
+    with pytest.raises(LakdError, match=f"{path}: no model_cfg .*give `arch`"):
         load_model(str(path))
     loaded, _, _ = load_model(str(path), arch=spec)
     assert loaded.lakd_model_name == model.lakd_model_name
@@ -364,7 +364,7 @@ def test_safetensors_without_sidecar_needs_arch(vit, tmp_path):
     _, model, _, _, images, tokens, (img, _) = vit
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     sidecar_path(path).unlink()
-    with pytest.raises(LakdError, match="pass --arch"):
+    with pytest.raises(LakdError, match="give `arch`"):
         load_model(str(path))
     loaded, _, _ = load_model(str(path), arch=model.lakd_model_name)
     assert torch.equal(_embed(loaded, images, tokens)[0], img)

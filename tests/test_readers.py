@@ -152,7 +152,7 @@ def test_csv_paths_escaping_the_root_are_refused_unless_allowed(tmp_path):
     outside = write_png(tmp_path / "secret.png")
     spec = write_csv(data / "c.csv", "filepath,title\nok/../fine.png,x\n../secret.png,y\n")
     with pytest.raises(
-        LakdError, match=r"data row 2: image path '\.\./secret\.png' is outside.*--allow-outside-root"
+        LakdError, match=r"data row 2: image path '\.\./secret\.png' is outside.*\(use `allow_outside_root` to allow it\)"
     ):
         open_source(spec)
     spec_abs = write_csv(data / "abs.csv", f"filepath,title\n{outside},z\n")
@@ -516,7 +516,7 @@ def test_tv_fakedata_items_with_classnames():
 
 
 def test_tv_cifar10_without_download_is_an_error_mentioning_download(tmp_path):
-    with pytest.raises(LakdError, match=r"tv:CIFAR10\?root=.*not found.*--download"):
+    with pytest.raises(LakdError, match=r"tv:CIFAR10\?root=.*not found.*use `download` to fetch it"):
         open_source(f"tv:CIFAR10?root={tmp_path}&split=test")
     assert list(tmp_path.iterdir()) == []  # nothing was fetched
 

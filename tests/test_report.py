@@ -480,18 +480,18 @@ def no_work(monkeypatch):
         ({"embeddings": ("{tmp}",)}, "not an embedding store"),
         ({"teacher": "{teacher}", "students": ("{short}",)}, "50 items but"),
         ({"teacher": "{teacher}", "students": ("{other_ids}",)}, "item ids differ from"),
-        ({"embeddings": ("{teacher}",), "data": "shapes:val?n=10"}, "80 source items but --data"),
+        ({"embeddings": ("{teacher}",), "data": "shapes:val?n=10"}, "80 source items but `data` shapes:val?n=10 has 10"),
         # the same count but other items: caught from the source's ids, before the model is embedded
         (
             {"models": ("lakd:tiny-vit",), "embeddings": ("{teacher}",), "data": "shapes:val?n=80"},
-            "item ids are not --data shapes:val?n=80's",
+            "item ids are not `data` shapes:val?n=80's",
         ),
         (
             {"models": ("lakd:tiny-vit",), "embeddings": ("{teacher}",)},
-            "the default data shapes:val (no --data given) has",
+            "the default data shapes:val (no `data` given) has",
         ),
-        ({"teacher": "{teacher}", "text_view": "some"}, "--text-view"),
-        ({}, "give at least one"),
+        ({"teacher": "{teacher}", "text_view": "some"}, "text_view: unknown 'some'"),
+        ({}, "give at least one of `models`, `teacher`, `students` or `embeddings`"),
     ],
 )
 def test_bad_input_fails_before_work(fields, message, stores, tmp_path, no_work):
@@ -522,7 +522,7 @@ def test_existing_output_needs_overwrite(stores, tmp_path, no_work):
     out = tmp_path / "report"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    with pytest.raises(LakdError, match="--overwrite"):
+    with pytest.raises(LakdError, match="already exists \\(use `overwrite` to replace it\\)"):
         geometry_report(small(out, teacher=str(stores["student"])))
     assert (out / "mine.txt").read_text() == "keep"
 

@@ -146,12 +146,14 @@ def test_teacher_from_the_eval_store_or_none(run, tmp_path):
 
 
 def test_a_run_report_refuses_other_entries_and_non_runs(run, tmp_path, capsys):
-    with pytest.raises(LakdError, match=r"--run: compares the run's teacher and checkpoints \(named step N\); give no --model"):
+    with pytest.raises(LakdError, match=r"run: compares the run's teacher and checkpoints \(named step N\); give no `models`"):
         geometry_report(ReportConfig(out=str(tmp_path / "a"), run=str(run), students=("lakd:tiny-vit",)))
-    with pytest.raises(LakdError, match="--checkpoints: only used with --run"):
+    with pytest.raises(LakdError, match="checkpoints: only used with `run`"):
         geometry_report(ReportConfig(out=str(tmp_path / "b"), models=("lakd:tiny-vit",), checkpoints="all"))
-    with pytest.raises(LakdError, match=r"--out .*: contains the input .*step_000002.pt"):
+    with pytest.raises(LakdError, match=r"`out` .*: contains the input .*step_000002.pt"):
         geometry_report(ReportConfig(out=str(run / "checkpoints"), run=str(run), overwrite=True))
+    assert main(["geometry", "report", "--model", "lakd:tiny-vit", "--checkpoints", "all", "--out", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err == "error: --checkpoints: only used with --run\n"  # as the command's flags
     mine = tmp_path / "mine"
     mine.mkdir()
     assert main(["geometry", "report", "--run", str(mine), "--out", str(tmp_path / "r")]) == 1

@@ -221,7 +221,7 @@ def test_resume_pending_respects_rank(store_path):
 
 def test_existing_store_from_another_model_is_refused_without_overwrite(store_path):
     other = StoreSpec(model="lakd:tiny-resnet", source="synthetic", n_source_items=40, shard_size=16)
-    with pytest.raises(LakdError, match="model='lakd:tiny-vit'.*--overwrite"):
+    with pytest.raises(LakdError, match="model='lakd:tiny-vit'.*use `overwrite` to replace it or choose another `out`"):
         StoreWriter(store_path, other)
     with pytest.raises(LakdError, match="shard_size"):
         StoreWriter(store_path, make_spec(shard_size=8))
@@ -261,7 +261,7 @@ def test_missing_folder_and_file_are_not_stores(tmp_path):
 
 def test_meta_missing(store_path):
     (store_path / META_NAME).unlink()
-    with pytest.raises(LakdError, match=r"meta.json: missing.*--overwrite"):
+    with pytest.raises(LakdError, match=r"meta.json: missing.*embed the data again \(replacing the folder\)"):
         EmbeddingStore(store_path)
 
 
@@ -276,13 +276,13 @@ def test_meta_not_json_or_foreign(store_path):
 
 def test_incomplete_store_says_to_resume(store_path):
     rewrite_meta(store_path, complete=False)
-    with pytest.raises(LakdError, match="incomplete.*rerun `lakd embed`"):
+    with pytest.raises(LakdError, match="incomplete.*embed again \\(`lakd embed`\\) with the same model, data and output folder"):
         EmbeddingStore(store_path)
 
 
 def test_missing_shard_says_to_resume(store_path):
     (store_path / shard_file_name(1)).unlink()
-    with pytest.raises(LakdError, match=r"shard-00001.safetensors: missing shard.*rerun `lakd embed`"):
+    with pytest.raises(LakdError, match=r"shard-00001.safetensors: missing shard.*embed again \(`lakd embed`\)"):
         EmbeddingStore(store_path)
 
 
@@ -338,7 +338,7 @@ def test_nonfinite_rows_are_an_error_naming_shard_and_count(tmp_path):
     build_store(tmp_path / "s", nan_images=(20, 21), nan_texts=[(5, 0)])
     store = EmbeddingStore(tmp_path / "s")
     with pytest.raises(
-        LakdError, match=r"shard-00001.safetensors: 2 of 16 image rows contain NaN/Inf.*--allow-nonfinite"
+        LakdError, match=r"shard-00001.safetensors: 2 of 16 image rows contain NaN/Inf; rerun with `allow_nonfinite` to drop them"
     ):
         store.load("image")
     with pytest.raises(LakdError, match=r"shard-00000.safetensors: 1 of \d+ text rows"):

@@ -187,7 +187,7 @@ def test_apply_refuses_nonfinite_rows(store, tmp_path):
     tensors["text"][3, 0] = float("nan")
     save_file(tensors, str(shard), metadata=metadata)
     with pytest.raises(
-        LakdError, match=r"shard-00001.safetensors: 1 of 500 text rows contain NaN/Inf; rerun with --allow-nonfinite"
+        LakdError, match=r"shard-00001.safetensors: 1 of 500 text rows contain NaN/Inf; rerun with `allow_nonfinite`"
     ):
         apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(tmp_path / "white")))
     assert not (tmp_path / "white").exists()
@@ -208,7 +208,7 @@ def test_apply_overwrite_replaces_only_a_store(store, tmp_path):
     users = tmp_path / "users"
     users.mkdir()
     (users / "meta.json").write_text('{"mine": true}')
-    with pytest.raises(LakdError, match="not a lakd embedding store.*not replacing it, even with --overwrite"):
+    with pytest.raises(LakdError, match="not a lakd embedding store.*not replacing it, even with `overwrite`"):
         apply_store_whitening(WhitenApplyConfig(str(path), str(w), str(users), overwrite=True))
     assert (users / "meta.json").read_text() == '{"mine": true}'
     out = tmp_path / "white"

@@ -50,7 +50,7 @@ def check_finite(x: np.ndarray, name: str, *, row_offset: int = 0) -> None:
         first = row_offset + int(np.flatnonzero(bad)[0])
         raise LakdError(
             f"{name}: {int(bad.sum())} row(s) contain NaN or Inf (first at row {first}); "
-            "drop them before analysis (lakd embed --allow-nonfinite drops them with a count)"
+            "drop them before analysis (an embedding store read with `allow_nonfinite` drops them with a count)"
         )
 
 

@@ -41,15 +41,20 @@ def read_identity(folder: Path) -> dict | None:
 
 
 def cached_store(
-    folder: Path, identity: Mapping[str, Any], build: Callable[[bool], EmbeddingStore]
+    folder: Path,
+    identity: Mapping[str, Any],
+    build: Callable[[bool], EmbeddingStore],
+    *,
+    allow_nonfinite: bool = False,
 ) -> EmbeddingStore:
     """The store in ``folder`` made from ``identity``: reused when complete, else ``build(overwrite)``
-    (``overwrite`` True when the folder holds a store of another identity, which is replaced)."""
+    (``overwrite`` True when the folder holds a store of another identity, which is replaced). A reused
+    store is opened with ``allow_nonfinite``."""
     identity = json.loads(json.dumps(identity))  # plain JSON values, as read back
     same = read_identity(folder) == identity
     if same:
         try:
-            return EmbeddingStore(folder)
+            return EmbeddingStore(folder, allow_nonfinite=allow_nonfinite)
         except LakdError:
             pass  # interrupted: build() resumes from the finished shards
     overwrite = folder.exists() and not same

@@ -54,15 +54,15 @@ class EvalConfig:
 
 def _check(cfg: EvalConfig) -> None:
     if (cfg.model is None) == (cfg.embeddings is None):
-        raise LakdError("give either --model SPEC (with --data) or --embeddings DIR")
+        raise LakdError("give either `model` (with `data`) or `embeddings`")
     if cfg.model is not None and not cfg.data:
-        raise LakdError("--data: needed with --model (the data to evaluate on)")
+        raise LakdError("data: needed with `model` (the data to evaluate on)")
     if cfg.embeddings is not None and cfg.data:
-        raise LakdError("--data: not used with --embeddings (the store names its data)")
+        raise LakdError("data: not used with `embeddings` (the store names its data)")
     if cfg.teacher and cfg.teacher_embeddings:
-        raise LakdError("give either --teacher SPEC or --teacher-embeddings DIR, not both")
+        raise LakdError("give either `teacher` or `teacher_embeddings`, not both")
     if cfg.batch_size < 1:
-        raise LakdError(f"--batch-size: must be positive, got {cfg.batch_size}")
+        raise LakdError(f"batch_size: must be positive, got {cfg.batch_size}")
     task_by_name(cfg.task)  # unknown task names fail before any work
 
 
@@ -71,7 +71,7 @@ def _cache_root(cfg: EvalConfig) -> Path:
         return Path(cfg.cache_dir)
     if cfg.out:
         return Path(cfg.out).parent / CACHE_DIR_NAME
-    raise LakdError("out: give an output file or a cache_dir to evaluate a model spec")
+    raise LakdError("out: give an output file or a `cache_dir` to evaluate a model spec")
 
 
 def _model_store(cfg: EvalConfig, spec: str, data: str, options: SourceOptions, arch: str | None):
@@ -111,7 +111,7 @@ def _student(cfg: EvalConfig, templates: list[str] | None) -> tuple[EmbeddingSto
         and stored.templates != templates
     ):
         raise LakdError(
-            f"--templates: {store.path} holds class prompts of other templates "
+            f"`templates`: {store.path} holds class prompts of other templates "
             "(a store's prompts cannot be re-embedded without the model)"
         )
     return store, inputs

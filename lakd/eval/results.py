@@ -3,7 +3,7 @@
 A result is one JSON object per task, shaped like clip_benchmark's output so its ``build``
 aggregation reads it: ``dataset``, ``model``, ``pretrained``, ``task`` (clip_benchmark's task name),
 ``metrics`` (flat name -> number; NaN is written as ``null``) and ``language``; lakd adds ``lakd``
-(counts, notes, templates, the store that was read). ``--out`` may contain ``{task}`` (like
+(counts, notes, templates, the store that was read). ``out`` may contain ``{task}`` (like
 clip_benchmark's ``--output`` template) to write one file per task; otherwise one task is written as
 one object and several tasks as a JSON list of objects.
 """

@@ -1,4 +1,4 @@
-"""The evaluation tasks, in a registry: what each needs, when ``--task all`` runs it, how it runs.
+"""The evaluation tasks, in a registry: what each needs, when ``task="all"`` runs it, how it runs.
 
 Each task reads :class:`~lakd.eval.inputs.EvalInputs` (and a teacher's, for teacher agreement:
 the fraction of items where the student's top-1 pick equals the teacher's) and returns
@@ -33,7 +33,7 @@ class TaskResult:
 @dataclass(frozen=True)
 class Task:
     """``name`` (lakd's), ``benchmark`` (clip_benchmark's task name), ``unavailable(inputs)`` -> why it
-    cannot run (None if it can), ``in_all(inputs)`` -> whether ``--task all`` runs it, ``run``."""
+    cannot run (None if it can), ``in_all(inputs)`` -> whether ``task="all"`` runs it, ``run``."""
 
     name: str
     benchmark: str
@@ -198,21 +198,21 @@ def task_by_name(name: str) -> Task | None:
     for task in TASKS.values():
         if name in (task.name, task.benchmark):
             return task
-    raise LakdError(f"--task: unknown task {name!r} (choose from {', '.join(TASK_CHOICES)})")
+    raise LakdError(f"task: unknown task {name!r} (choose from {', '.join(TASK_CHOICES)})")
 
 
 def select_tasks(name: str, inputs: EvalInputs) -> list[Task]:
-    """The tasks ``--task name`` runs on ``inputs``; LakdError when the data cannot support them."""
+    """The tasks ``task=name`` runs on ``inputs``; LakdError when the data cannot support them."""
     task = task_by_name(name)
     if task is not None:
         reason = task.unavailable(inputs)
         if reason:
-            raise LakdError(f"--task {task.name}: {inputs.source} {reason}")
+            raise LakdError(f"`task` {task.name}: {inputs.source} {reason}")
         return [task]
     tasks = [task for task in TASKS.values() if task.in_all(inputs)]
     if not tasks:
         reasons = "; ".join(
             f"{t.name}: {t.unavailable(inputs) or 'captions are class prompts'}" for t in TASKS.values()
         )
-        raise LakdError(f"--task all: no task applies to {inputs.source} ({reasons})")
+        raise LakdError(f"`task` all: no task applies to {inputs.source} ({reasons})")
     return tasks

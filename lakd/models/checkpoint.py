@@ -207,7 +207,7 @@ def _load_checkpoint(path: Path, *, arch: str | None, device: str, precision: st
         model_name, model_cfg = lakd_meta.get("model_name"), meta["model_cfg"]
     else:
         raise LakdError(
-            f"{path}: no model_cfg in the checkpoint (an open_clip checkpoint?): pass --arch NAME "
+            f"{path}: no model_cfg in the checkpoint (an open_clip checkpoint?): give `arch` "
             "(an open_clip architecture such as ViT-B-32, or lakd:NAME)"
         )
     model = model_from_cfg(model_cfg, precision=precision, device=device, source=str(path))
@@ -258,7 +258,7 @@ def export_local_dir(model: torch.nn.Module, out_dir: str | Path, *, overwrite: 
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise LakdError(f"{out_dir}: already exists (use --overwrite to replace it)")
+        raise LakdError(f"{out_dir}: already exists (use `overwrite` to replace it)")
     model, _ = split_parts(model)  # the bare model: a wrapper's extra parts are dropped
     record = _checkpoint_record(model, epoch=0, extra={})
     config = {

@@ -205,9 +205,11 @@ def cached_embed(
     source_options: SourceOptions | None = None,
     batch_size: int = 64,
     device: str = "cpu",
+    allow_nonfinite: bool = False,
 ) -> EmbeddingStore:
     """The store of ``model`` on ``data`` under ``cache_root``: reused when complete and made from the
-    same model files (size and modification time), resumed when interrupted, rebuilt otherwise."""
+    same model files (size and modification time), resumed when interrupted, rebuilt otherwise;
+    opened with ``allow_nonfinite`` (NaN/Inf rows dropped with a count instead of refused)."""
     key = embedding_cache_key(model, data, arch, source_options)
     files = ModelSpec.parse(model).files()
     identity = {**key, "model_files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
@@ -221,10 +223,11 @@ def cached_embed(
                 batch_size=batch_size,
                 device=device,
                 arch=arch,
+                allow_nonfinite=allow_nonfinite,
                 overwrite=overwrite,
                 source_options=source_options or SourceOptions(),
             )
         )
 
     folder = Path(cache_root) / cache_folder_name(key)
-    return cached_store(folder, identity, build)
+    return cached_store(folder, identity, build, allow_nonfinite=allow_nonfinite)

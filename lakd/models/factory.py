@@ -73,7 +73,7 @@ def _resolve(text: str, *, device: str, arch: str | None, precision: str):
     if spec.is_file:
         return load_checkpoint(spec.target, arch=arch, device=device, precision=precision)
     if arch is not None:
-        raise LakdError(f"{spec}: --arch applies only to checkpoint files")
+        raise LakdError(f"{spec}: `arch` applies only to checkpoint files")
     return _RESOLVERS[spec.scheme](spec, LoadOptions(device=device, arch=arch, precision=precision))
 
 

@@ -58,7 +58,9 @@ class ReportConfig:
     their item count). ``sample_size``: rows per modality the analysis samples; ``plot_points``: rows
     drawn in scatter plots; ``tsne_items``: rows per modality in the t-SNE; ``similarity_items``:
     images in the similarity matrices. ``text_view``: ``paired`` (each item's first caption) or
-    ``all`` (every caption). ``analysis``: full analysis settings (default: from sample_size, seed).
+    ``all`` (every caption). ``allow_nonfinite``: drop NaN/Inf rows of the stores (with a count; the
+    stores must still hold the same items) instead of failing. ``analysis``: full analysis settings
+    (default: from sample_size, seed).
 
     ``run``: a ``lakd train`` run folder instead of ``models`` / ``students`` / ``embeddings``: its
     teacher (``teacher`` when given, else the run's ``teacher.model``, else its ``teacher.eval_store``;
@@ -86,6 +88,7 @@ class ReportConfig:
     chunk_size: int = 8192
     run: str | None = None
     checkpoints: str | None = None
+    allow_nonfinite: bool = False
     source_options: SourceOptions = field(default_factory=SourceOptions)
     analysis: AnalysisConfig | None = None
 
@@ -101,17 +104,17 @@ class ReportConfig:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise LakdError(f"report {name}: must be an integer >= {least}, got {value!r}")
+                raise LakdError(f"{name}: must be an integer >= {least}, got {value!r}")
         if self.text_view not in TEXT_VIEWS:
-            raise LakdError(f"--text-view: unknown {self.text_view!r} (choose from {', '.join(TEXT_VIEWS)})")
+            raise LakdError(f"text_view: unknown {self.text_view!r} (choose from {', '.join(TEXT_VIEWS)})")
         if not self.out:
-            raise LakdError("--out: give the report folder to write")
+            raise LakdError("out: give the report folder to write")
         if self.checkpoints is not None and not self.run:
-            raise LakdError("--checkpoints: only used with --run")
+            raise LakdError("checkpoints: only used with `run`")
         if self.run and (self.models or self.students or self.embeddings or self.names):
             raise LakdError(
-                "--run: compares the run's teacher and checkpoints (named step N); give no --model, --student, "
-                "--embeddings or names"
+                "run: compares the run's teacher and checkpoints (named step N); give no `models`, `students`, "
+                "`embeddings` or `names`"
             )
         self.analysis_config().validate()
         return self
@@ -139,7 +142,7 @@ def geometry_report(cfg: ReportConfig) -> Path:
     else:
         inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students, cfg.names)
     check_output(out, cfg.overwrite, input_paths(inputs, data, cfg.source_options))
-    data, stores = resolve_inputs(inputs, data, cfg.source_options)
+    data, stores = resolve_inputs(inputs, data, cfg.source_options, allow_nonfinite=cfg.allow_nonfinite)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         cache = tmp / CACHE_DIR
         if data is not None:
@@ -152,6 +155,7 @@ def geometry_report(cfg: ReportConfig) -> Path:
             options=cfg.source_options,
             batch_size=cfg.batch_size,
             device=cfg.device,
+            allow_nonfinite=cfg.allow_nonfinite,
         )
         write_report(assemble(cfg, inputs, opened, data, root=tmp, run=run), tmp)
     return out
@@ -258,6 +262,7 @@ def describe_model(entry: ModelInput, store: EmbeddingStore, root: Path) -> dict
         "source": store.meta.get("source"),
         "embeddings": str(path),
         "dims": {"image": store.dim("image"), "text": store.dim("text")},
+        "dropped_nonfinite": {"items": store.n_dropped_items, "texts": store.n_dropped_texts},
         "recipe": recipe_of(entry),
     }
 

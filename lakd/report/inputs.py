@@ -27,7 +27,7 @@ from lakd.models.specs import ModelSpec, accepted_forms, scheme_of
 CACHE_DIR = "embeddings"
 DEFAULT_DATA = "shapes:val"
 MODALITIES = ("image", "text")
-# metrics.json's "format" marks a folder as a lakd geometry report (the only kind --overwrite replaces)
+# metrics.json's "format" marks a folder as a lakd geometry report (the only kind `overwrite` replaces)
 REPORT_FORMAT = "lakd-geometry-report/1"
 REPORT_FORMAT_PREFIX = "lakd-geometry-report/"
 METRICS_NAME = "metrics.json"
@@ -91,7 +91,7 @@ def make_inputs(
     entries += [(s, "model") for s in models] + [(s, "model") for s in embeddings]
     entries += [(s, "student") for s in students]
     if not entries:
-        raise LakdError("give at least one --model, --teacher, --student or --embeddings")
+        raise LakdError("give at least one of `models`, `teacher`, `students` or `embeddings`")
     for spec in embeddings:
         if not is_store(spec):
             raise LakdError(f"{spec}: not an embedding store (expected a folder written by `lakd embed`)")
@@ -109,10 +109,11 @@ def make_inputs(
 
 
 def resolve_inputs(
-    inputs: list[ModelInput], data: str | None, options: SourceOptions
+    inputs: list[ModelInput], data: str | None, options: SourceOptions, *, allow_nonfinite: bool = False
 ) -> tuple[str | None, dict[str, EmbeddingStore]]:
     """Check every entry before heavy work; returns the data spec the models will be embedded on
-    (``data``, else :data:`DEFAULT_DATA` when a model needs data, else None) and the stores, by entry name.
+    (``data``, else :data:`DEFAULT_DATA` when a model needs data, else None) and the stores, by entry name
+    (opened with ``allow_nonfinite``: NaN/Inf rows dropped instead of refused).
 
     Raises LakdError for a missing or unknown model, an unreadable store, an unknown data source, or
     stores whose item counts or ids differ from each other or from the data's (where the data source
@@ -121,7 +122,7 @@ def resolve_inputs(
     stores: dict[str, EmbeddingStore] = {}
     for entry in inputs:
         if entry.kind == "embeddings":
-            stores[entry.name] = EmbeddingStore(entry.spec)
+            stores[entry.name] = EmbeddingStore(entry.spec, allow_nonfinite=allow_nonfinite)
         else:
             check_model_spec(entry.spec)
     needs_data = any(entry.kind == "model" for entry in inputs)
@@ -141,7 +142,7 @@ def resolve_inputs(
                 "a report compares embeddings of the same items"
             )
     if data is not None:
-        what = f"--data {data}" if given else f"the default data {data} (no --data given)"
+        what = f"`data` {data}" if given else f"the default data {data} (no `data` given)"
         source = open_source(data, options)
         n_source, ids = len(source), source_ids(source)
         for store in stores.values():
@@ -198,19 +199,19 @@ def check_output(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> Non
     cwd = Path.cwd().resolve()
     if cwd.is_relative_to(out):
         raise LakdError(
-            f"--out {out}: is or contains the current folder; give the report a folder of its own"
+            f"`out` {out}: is or contains the current folder; give the report a folder of its own"
         )
     for path in inputs:
         if path.is_relative_to(out):
-            raise LakdError(f"--out {out}: contains the input {path}; write the report somewhere else")
+            raise LakdError(f"`out` {out}: contains the input {path}; write the report somewhere else")
     if out.exists() and not overwrite:
-        raise LakdError(f"{out}: already exists (use --overwrite to replace it)")
+        raise LakdError(f"{out}: already exists (use `overwrite` to replace it)")
     if out.exists() and not out.is_dir():
         raise LakdError(f"{out}: exists and is not a folder")
     if out.exists() and not is_report(out) and any(out.iterdir()):
         raise LakdError(
             f"{out}: exists and is not a lakd geometry report (no {METRICS_NAME} with format "
-            f"{REPORT_FORMAT}); not replacing it, even with --overwrite"
+            f"{REPORT_FORMAT}); not replacing it, even with `overwrite`"
         )
     parent = out.parent
     while not parent.exists():
@@ -227,7 +228,7 @@ def reuse_cache(
     inputs: list[ModelInput], data: str, options: SourceOptions, previous: Path, target: Path
 ) -> None:
     """Carry the models' embeddings cached by a previous report (``previous``: its cache folder) into
-    ``target`` (hard links where the file system allows, copies otherwise), so ``--overwrite`` does not
+    ``target`` (hard links where the file system allows, copies otherwise), so ``overwrite`` does not
     embed again; :func:`lakd.models.embed.cached_embed` still checks that each is up to date."""
     from lakd.data.cache import cache_folder_name
     from lakd.models.embed import embedding_cache_key
@@ -253,9 +254,11 @@ def open_stores(
     options: SourceOptions,
     batch_size: int,
     device: str,
+    allow_nonfinite: bool = False,
 ) -> dict[str, EmbeddingStore]:
     """Every entry's store, in report order: stores as opened, models embedded on ``data`` into
-    ``cache_root`` (or reused from it). Raises LakdError unless all hold the same item ids."""
+    ``cache_root`` (or reused from it; read with ``allow_nonfinite``). Raises LakdError unless all hold
+    the same item ids."""
     opened: dict[str, EmbeddingStore] = {}
     for entry in inputs:
         if entry.kind == "embeddings":
@@ -264,7 +267,13 @@ def open_stores(
             from lakd.models.embed import cached_embed  # imports open_clip: only when a model runs
 
             opened[entry.name] = cached_embed(
-                entry.spec, data, cache_root, source_options=options, batch_size=batch_size, device=device
+                entry.spec,
+                data,
+                cache_root,
+                source_options=options,
+                batch_size=batch_size,
+                device=device,
+                allow_nonfinite=allow_nonfinite,
             )
     reference_name, reference = next(iter(opened.items()))
     reference_ids = reference.ids()

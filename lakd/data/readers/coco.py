@@ -90,7 +90,7 @@ def read_coco(ann_file: str | os.PathLike, root: str | os.PathLike, options: Sou
         if hit is not None:
             raise LakdError(
                 f"{path}: file_name {hit[1]!r} of image {kept[hit[0]]!r} is outside the image root {root_dir} "
-                "(pass --allow-outside-root to allow it)"
+                "(use `allow_outside_root` to allow it)"
             )
     return FileImageDataset(
         source=source,

@@ -144,5 +144,5 @@ def _check_inside(path: str, root: str, image_paths: pd.Series) -> None:
         row = suspicious.index[position] + 1
         raise LakdError(
             f"{path}: data row {row}: image path {image_path!r} is outside the image root {root} "
-            "(pass --allow-outside-root to allow it)"
+            "(use `allow_outside_root` to allow it)"
         )

@@ -3,8 +3,8 @@
 Options after ``?`` become constructor arguments of ``torchvision.datasets.NAME``, converted to the
 type of the argument's default (``size=8``, ``train=false``, ``image_size=3,32,32``). ``split=train|test``
 also works for data sets that take ``train=`` instead (CIFAR, MNIST). Nothing is downloaded unless
-``options.download`` (``--download``): torchvision is called with ``download=False`` and its
-"not found" error becomes a :class:`LakdError` that points at ``--download``.
+``options.download``: torchvision is called with ``download=False`` and its "not found" error
+becomes a :class:`LakdError` that points at the ``download`` field.
 
 Classification sets (integer targets) get ``classnames`` from the data set's ``classes`` (or
 ``class 0 .. class K-1`` from ``num_classes``), the label, and the caption
@@ -168,7 +168,7 @@ def open_torchvision(name: str, query: dict[str, str], options: SourceOptions):
         if options.download:
             raise LakdError(f"{source}: {err}") from None
         raise LakdError(
-            f"{source}: not found or unreadable (torchvision says: {err}); pass --download to fetch it, "
+            f"{source}: not found or unreadable (torchvision says: {err}); use `download` to fetch it, "
             "or point root= at a local copy"
         ) from None
     except (ValueError, TypeError, KeyError, IndexError) as err:

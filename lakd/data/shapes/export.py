@@ -77,7 +77,7 @@ def export_shapes(
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise LakdError(f"{out_dir}: already exists (use --overwrite to replace it)")
+        raise LakdError(f"{out_dir}: already exists (use `overwrite` to replace it)")
     if split == "probes":
         data: ShapesWorld | ShapesProbes = ShapesProbes(split, n, seed, k, image_size, max_objects, noise)
     else:
@@ -155,7 +155,7 @@ def _read_records(root: Path, allow_outside_root: bool) -> list[dict[str, Any]]:
                 raise LakdError(f"{where}: field {key!r} has an invalid value {record[key]!r}")
         if not allow_outside_root and is_outside(str(root.resolve()), record["filepath"]):
             raise LakdError(
-                f"{where}: filepath {record['filepath']!r} escapes the folder (use --allow-outside-root)"
+                f"{where}: filepath {record['filepath']!r} escapes the folder (use `allow_outside_root` to allow it)"
             )
         records.append(record)
     return records

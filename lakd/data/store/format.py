@@ -52,7 +52,7 @@ META_NAME = "meta.json"
 SHARD_GLOB = "shard-*.safetensors"
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 IDENTITY_FIELDS = ("model", "arch", "source", "source_options", "n_source_items", "shard_size", "dtype")
-RESUME_HINT = "rerun `lakd embed` with the same --model, --data and --out to resume"
+RESUME_HINT = "embed again (`lakd embed`) with the same model, data and output folder to resume"
 
 
 CLASSES_NAME = "classes.safetensors"
@@ -262,11 +262,11 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not overwrite:
-        raise LakdError(f"{out}: already exists (use --overwrite to replace it)")
+        raise LakdError(f"{out}: already exists (use `overwrite` to replace it)")
     if not out.is_dir() or (any(out.iterdir()) and not is_store(out)):
         raise LakdError(
             f"{out}: exists and is not a lakd embedding store (no {META_NAME} with format {FORMAT!r}); "
-            "not replacing it, even with --overwrite"
+            "not replacing it, even with `overwrite`"
         )
 
 

@@ -88,7 +88,7 @@ class EmbeddingStore:
             if any(self.path.glob(SHARD_GLOB)):
                 raise LakdError(
                     f"{self.path / META_NAME}: missing (the folder holds shards but no meta); "
-                    "rerun `lakd embed` with --overwrite to rebuild the store"
+                    "embed the data again (replacing the folder) to rebuild the store"
                 )
             raise LakdError(f"{self.path}: not an embedding store (no {META_NAME})")
         if meta.get("complete") is not True:
@@ -346,7 +346,7 @@ class EmbeddingStore:
         if self.n_dropped_items or self.n_dropped_texts:
             log.warning(
                 f"{self.path}: dropped {self.n_dropped_items} item(s) and {self.n_dropped_texts} caption(s) "
-                "with NaN/Inf embeddings (--allow-nonfinite)"
+                "with NaN/Inf embeddings (`allow_nonfinite`)"
             )
 
 
@@ -354,7 +354,7 @@ def _raise_if_nonfinite(rows: torch.Tensor, path: Path, what: str) -> None:
     bad = int((~torch.isfinite(rows).all(dim=1)).sum()) if rows.numel() else 0
     if bad:
         raise LakdError(
-            f"{path}: {bad} of {rows.shape[0]} {what} rows contain NaN/Inf; rerun with --allow-nonfinite to drop them"
+            f"{path}: {bad} of {rows.shape[0]} {what} rows contain NaN/Inf; rerun with `allow_nonfinite` to drop them"
         )
 
 

@@ -3,7 +3,7 @@
 
 ``fit`` streams each modality of a store once (float64 moments, ``eigh``; see
 :mod:`lakd.analysis.whitening`) and saves one :class:`~lakd.analysis.whitening.WhiteningStats`
-per modality. ``--out emb/whiten.safetensors`` names the set: the files are
+per modality. ``out="emb/whiten.safetensors"`` names the set: the files are
 ``emb/whiten.image.safetensors`` and ``emb/whiten.text.safetensors`` (each with its JSON
 sidecar; :func:`lakd.analysis.whitening.stats_path`), found again from the same name by
 ``apply`` and by the whitened-FD loss (its ``stats`` option, e.g. ``{"whitened_fd": {"stats": "emb/whiten.safetensors"}}`` in a recipe).
@@ -44,7 +44,7 @@ def _check_modalities(modalities: tuple[str, ...]) -> None:
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown or not modalities:
         raise LakdError(
-            f"modality: expected some of {', '.join(MODALITIES)}, got {', '.join(modalities) or 'none'}"
+            f"modalities: expected some of {', '.join(MODALITIES)}, got {', '.join(modalities) or 'none'}"
         )
 
 

@@ -64,7 +64,7 @@ class StoreWriter:
         self.extra = dict(extra or {})
         self.ranges = shard_ranges(spec.n_source_items, spec.shard_size)
         if self.path.exists() and not self.path.is_dir():
-            raise LakdError(f"{self.path}: exists and is not a folder; choose another --out")
+            raise LakdError(f"{self.path}: exists and is not a folder; choose another `out`")
         if not overwrite:
             self._check_existing()
         distributed.barrier()
@@ -80,11 +80,11 @@ class StoreWriter:
         try:
             meta = read_meta(self.path)
         except LakdError as err:
-            raise LakdError(f"{err}; use --overwrite to replace it") from None
+            raise LakdError(f"{err}; use `overwrite` to replace it") from None
         if meta is None:
             if any(self.path.glob(SHARD_GLOB)):
                 raise LakdError(
-                    f"{self.path}: holds shard files but no {META_NAME}; use --overwrite to replace them"
+                    f"{self.path}: holds shard files but no {META_NAME}; use `overwrite` to replace them"
                 )
             return
         mine = self.spec.identity()
@@ -92,7 +92,7 @@ class StoreWriter:
             if meta.get(key) != mine[key]:
                 raise LakdError(
                     f"{meta_path}: existing store was made with {key}={meta.get(key)!r}, not {mine[key]!r}; "
-                    "use --overwrite to replace it or choose another --out"
+                    "use `overwrite` to replace it or choose another `out`"
                 )
 
     def _clear(self, *, everything: bool) -> None:
