@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from lakd.data.base import MAX_IMAGE_BYTES
 from lakd.errors import LEADING_FIELD, QUOTED_FIELD, LakdError
 
 T = TypeVar("T")
@@ -179,6 +180,14 @@ DATA_FLAGS: tuple[inspect.Parameter, ...] = tuple(
             False,
             Annotated[bool, typer.Option("--allow-outside-root", help="Accept image paths that leave the data folder.")],
         ),
+        (
+            "max_image_bytes",
+            MAX_IMAGE_BYTES,
+            Annotated[
+                int,
+                typer.Option("--max-image-bytes", min=1, help="Skip image files larger than this (default 64 MiB)."),
+            ],
+        ),
     )
 )
 # flag -> the data-spec option it fills
@@ -209,9 +218,9 @@ class DataFlags:
         return SourceOptions(**self.source_options)
 
     @property
-    def source_options(self) -> dict[str, bool]:
+    def source_options(self) -> dict[str, bool | int]:
         """The :class:`~lakd.data.base.SourceOptions` fields, as a config mapping."""
-        return {"download": self.values["download"], "allow_outside_root": self.values["allow_outside_root"]}
+        return {name: self.values[name] for name in ("download", "allow_outside_root", "max_image_bytes")}
 
 
 def data_options(command: Callable) -> Callable:
@@ -430,6 +439,9 @@ def eval_run(
     cache_dir: Annotated[
         Path | None, typer.Option("--cache-dir", help="Embedding cache (default: eval-cache/ beside --out).")
     ] = None,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows (with a count) instead of failing.")
+    ] = False,
     data_flags: DataFlags | None = None,
 ) -> None:
     """Evaluate a model (or an embedding store); `lakd eval table` merges result files into a CSV."""
@@ -456,6 +468,7 @@ def eval_run(
             "device": device,
             "arch": arch,
             "cache_dir": str(cache_dir) if cache_dir else None,
+            "allow_nonfinite": allow_nonfinite,
             "source_options": data_flags.source_options,
         },
     )
@@ -661,16 +674,44 @@ def geometry_report_command(
     typer.echo(report_summary(geometry_report(cfg)))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record comes (so a test's
+    captured stderr, or a redirected one, gets the lines)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(debug: bool) -> None:
-    """Library log lines (skipped images, truncated captions, ...) as ``warning: ...`` on stderr."""
+    """Library log lines (skipped images, truncated captions, ...) as ``warning: ...`` on stderr.
+    While a command runs, lakd's records do not also reach the root logger (:func:`main`), which
+    open_clip's module-level ``logging.warning`` calls may have given a handler of its own
+    (``WARNING:lakd...:`` lines). The root logger gets the same ``warning: ...`` handler when it has
+    none, so another library's warning is one line in the same form and never triggers
+    ``logging.basicConfig``."""
 
     logger = logging.getLogger("lakd")
     if not any(getattr(h, "_lakd_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler._lakd_cli = True  # type: ignore[attr-defined]
         handler.setFormatter(_LevelPrefixFormatter())
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = _StderrHandler()
+        handler._lakd_cli = True  # type: ignore[attr-defined]
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(_LevelPrefixFormatter())
+        root.addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(debug)
     command = typer.main.get_command(app)
     _running = None
+    lakd_logger = logging.getLogger("lakd")
+    propagate, lakd_logger.propagate = lakd_logger.propagate, False  # printed once, by its own handler
     try:
         command.main(args=args, prog_name="lakd", standalone_mode=True)
     except SystemExit as exit_:  # click's own exit: help, usage errors, normal completion
@@ -693,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _running = None
+        lakd_logger.propagate = propagate
     return 0
 
 

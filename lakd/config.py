@@ -23,7 +23,8 @@ Rules:
   ``run.yaml: optim.lr: expected a number, got 'fast'``. A ``LakdError`` raised by a
   dataclass's ``__post_init__`` is prefixed with the key of its section.
 - YAML is read with a ``SafeLoader`` (plain data only) that also reads ``1e-3`` as a float
-  (as YAML 1.2 does) and rejects duplicate keys. The top level must be a mapping.
+  (as YAML 1.2 does) and rejects duplicate keys. The top level must be a mapping; nesting too deep
+  for the parser is an error like any other.
 - Overrides are ``KEY=VALUE`` with a dotted KEY and a VALUE read as YAML (``3e-4`` is a float,
   ``true`` a bool, ``null`` None, ``[1, 2]`` a list, ``{a: 1}`` a mapping; an empty VALUE is
   null). A value replaces what was there (mappings are not merged). With a config class, each key
@@ -119,6 +120,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as err:
         raise LakdError(f"{path}: invalid YAML at {_yaml_problem(err)}") from None
+    except RecursionError:  # PyYAML parses nesting recursively
+        raise LakdError(f"{path}: YAML nested too deeply to read") from None
     if not isinstance(data, dict):
         got = "an empty file" if data is None else _show(data)
         raise LakdError(f"{path}: expected a mapping of keys at the top level, got {got}")
@@ -343,6 +346,8 @@ def apply_overrides(
                 value = yaml.load(raw, Loader=_Loader)  # a SafeLoader: no Python objects
             except yaml.YAMLError as err:
                 raise LakdError(f"invalid YAML value ({_yaml_problem(err)})") from None
+            except RecursionError:
+                raise LakdError("YAML value nested too deeply to read") from None
             data = _set(data, keys, value, Any if cls is None else cls)
         except LakdError as err:
             raise LakdError(f"override {text!r}: {err}") from None

@@ -62,17 +62,80 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[P
 
 
 @contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike, durable: bool = False) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (weights and their sidecar): yield one
+    temporary path beside each; once every one is written they are renamed onto ``paths`` in order.
+    Everything that needs disk space happens before the first rename, so a full disk or an unwritable
+    folder leaves all the previous files as they were; on an exception every temporary is removed."""
+    with contextlib.ExitStack() as stack:
+        # ExitStack renames in reverse order of entry: enter the last path first
+        tmps = [stack.enter_context(atomic_path(path, durable=durable)) for path in reversed(paths)]
+        yield tmps[::-1]
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _owner(name: str, stem: str, suffix: str) -> int | None:
+    """The process id in a temporary name of :func:`atomic_dir`: ``.<stem>.<pid>.<random><suffix>``
+    -> pid; None for any other name."""
+    head, tail = f".{stem}.", suffix
+    if not (name.startswith(head) and name.endswith(tail)):
+        return None
+    pid, dot, rest = name[len(head) : len(name) - len(tail)].partition(".")
+    ours = dot and rest and "." not in rest and pid.isascii() and pid.isdigit()
+    return int(pid) if ours else None
+
+
+def clear_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove what a killed :func:`atomic_dir` left beside ``path``: its temporary folders
+    (``.<name>.<pid>.<random>.tmp``) and set-aside old folders (``.<name>.<pid>.<random>.old``) whose
+    process no longer runs. An old folder goes back to ``path`` when ``path`` is missing (the run was
+    killed between setting it aside and renaming the new one in). Only names of that pattern are
+    touched; the folders of a process that still runs are left alone. Returns what was removed."""
+    path = Path(path).resolve()
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        for suffix in (".tmp", ".old"):
+            pid = _owner(entry.name, path.name, suffix)
+            if pid is None or _pid_alive(pid) or not entry.is_dir(follow_symlinks=False):
+                continue
+            aside = Path(entry.path) / path.name
+            if suffix == ".old" and not path.exists() and aside.exists():
+                os.replace(aside, path)  # killed between the two renames: the old folder goes back
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
     An existing ``path`` is replaced only when ``overwrite`` is true (callers check this, and
     whether the folder is theirs to replace, before heavy work; it is re-checked here). The old
     folder is renamed aside first and removed only once the new one is in place, so a failure at
-    any point leaves either the old or the new folder under ``path``.
+    any point leaves either the old or the new folder under ``path``. Temporary names carry the
+    process id (``.<name>.<pid>.<random>.tmp``), so what a killed run left is recognised and removed
+    by the next one (:func:`clear_stale`).
     """
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clear_stale(path)
+    prefix = f".{path.name}.{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
     _chmod_default(tmp, folder=True)
     try:
         yield tmp
@@ -83,7 +146,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             from lakd.errors import LakdError
 
             raise LakdError(f"{path}: already exists (use `overwrite` to replace it)")
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=path.parent))
         os.replace(path, old / path.name)
         try:
             os.replace(tmp, path)

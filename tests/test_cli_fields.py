@@ -107,12 +107,15 @@ def test_warnings_name_flags_too(monkeypatch):
 # ---- every command on bad input -------------------------------------------------------------
 
 
-def _store(path: Path, *, nonfinite: bool = False, model: str = "synthetic") -> Path:
+def _store(path: Path, *, nonfinite: bool = False, model: str = "synthetic", singular: bool = False) -> Path:
     rng = np.random.default_rng(0)
     image = torch.tensor(rng.normal(size=(N, DIM)) + 1.0, dtype=torch.float32)
     text = torch.tensor(rng.normal(size=(N, DIM)) - 1.0, dtype=torch.float32)
     if nonfinite:
         image[list(BAD_ROWS)] = float("nan")
+    if singular:  # one coordinate constant: a covariance of rank DIM - 1
+        image[:, 0] = 1.0
+        text[:, 0] = 1.0
     write_store(
         path,
         image,
@@ -130,6 +133,12 @@ def _store(path: Path, *, nonfinite: bool = False, model: str = "synthetic") -> 
 def inputs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
     paths = {"root": root, "good": _store(root / "good"), "nan": _store(root / "nan", nonfinite=True)}
+    paths["singular"] = _store(root / "singular", singular=True)
+    (root / "foreign").mkdir()
+    (root / "foreign" / "meta.json").write_text('{"mine": true}')  # a folder that is not a store
+    paths["foreign"] = root / "foreign"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 1}, root / "bare.pt")  # an open_clip checkpoint
+    paths["bare"] = root / "bare.pt"
     folder = root / "taken"
     folder.mkdir()
     (folder / "mine.txt").write_text("keep")
@@ -178,7 +187,18 @@ CASES = [
         ["--model", "lakd:tiny-vit", "--data", "tv:CIFAR10?root={cifar}", "--out", "{tmp}/e"],
         "use --download to fetch it",
     ),
+    (
+        ("embed",),
+        ["--model", "lakd:tiny-vit", "--data", "shapes:val?n=2", "--out", "{foreign}", "--overwrite"],
+        "not replacing it, even with --overwrite; choose another --out",
+    ),
+    (("data", "shapes"), ["--out", "{taken}", "--n", "2", "--overwrite"], "not replacing it, even with --overwrite"),
     (("eval",), ["--model", "lakd:tiny-vit", "--out", "{tmp}/r.json"], "error: --data: needed with --model"),
+    (
+        ("eval",),
+        ["--model", "lakd:tiny-vit", "--data", "shapes:val?n=2", "--teacher", "{bare}", "--out", "{tmp}/r.json"],
+        "give that store as --teacher-embeddings",
+    ),
     (
         ("eval",),
         ["--model", "lakd:tiny-vit", "--embeddings", "{good}", "--out", "{tmp}/r.json"],
@@ -195,8 +215,7 @@ CASES = [
         "give either --teacher or --teacher-embeddings, not both",
     ),
     (("eval",), ["--embeddings", "{good}", "--task", "nope", "--out", "{tmp}/r.json"], "error: --task: unknown task 'nope'"),
-    # lakd eval has no --allow-nonfinite: the field is named as a field
-    (("eval",), ["--embeddings", "{nan}", "--out", "{tmp}/r.json"], "rerun with `allow_nonfinite` to drop them"),
+    (("eval",), ["--embeddings", "{nan}", "--out", "{tmp}/r.json"], "rerun with --allow-nonfinite to drop them"),
     (
         ("whiten", "fit"),
         ["--embeddings", "{nan}", "--out", "{tmp}/w.safetensors"],
@@ -206,6 +225,11 @@ CASES = [
         ("whiten", "fit"),
         ["--embeddings", "{good}", "--out", "{tmp}/w.safetensors", "--modality", "audio"],
         "error: --modality: expected some of image, text, got audio",
+    ),
+    (
+        ("whiten", "fit"),
+        ["--embeddings", "{singular}", "--out", "{tmp}/w.safetensors", "--eps", "0"],
+        "use --eps > 0, --shrinkage, or --rank <= 5",
     ),
     (
         ("whiten", "apply"),
@@ -228,6 +252,11 @@ CASES = [
         "error: --text-view: unknown 'some' (choose from paired, all)",
     ),
     (("geometry", "report"), ["--embeddings", "{good}", "--out", "{taken}"], "(use --overwrite to replace it)"),
+    (
+        ("geometry", "report"),
+        ["--model", "{bare}", "--data", "shapes:val?n=2", "--out", "{tmp}/r"],
+        "give that store as one of the --embeddings",
+    ),
     (("geometry", "report"), ["--embeddings", "{good}", "--out", "{root}"], "error: --out {root}: contains the input"),
     (
         ("geometry", "report"),
@@ -247,7 +276,7 @@ def test_every_flag_an_error_suggests_is_a_flag_of_the_command(path, args, expec
     argv = [*path, *(arg.format(**names) for arg in args)]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("embedding ")]  # progress bars
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected.format(**names) in lines[0]
     suggested = set(FLAG.findall(lines[0]))

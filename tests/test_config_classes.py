@@ -33,7 +33,7 @@ from lakd.train.config import EvalConfig as TrainEvalConfig
 
 # one instance of each, every field away from its default where it has one
 INSTANCES = [
-    SourceOptions(download=True, allow_outside_root=True),
+    SourceOptions(download=True, allow_outside_root=True, max_image_bytes=1024),
     EmbedConfig(
         model="lakd:tiny-vit",
         data="captions.csv?root=images",
@@ -61,7 +61,7 @@ INSTANCES = [
         cache_dir="cache",
         source_options=SourceOptions(allow_outside_root=True),
     ),
-    EvalConfig(embeddings="emb/tiny", teacher_embeddings="emb/teacher", task="retrieval"),
+    EvalConfig(embeddings="emb/tiny", teacher_embeddings="emb/teacher", task="retrieval", allow_nonfinite=True),
     AnalysisConfig(
         groups=("ellipsoid", "shell"),
         sample_size=100,

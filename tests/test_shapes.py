@@ -55,7 +55,7 @@ def scene_key(scene: Scene) -> tuple:
 
 def test_same_seed_and_index_give_identical_items():
     a, b = ShapesWorld("train", n=50, seed=7)[13], ShapesWorld("train", n=50, seed=7)[13]
-    assert a.id == b.id == "shapes-train-000013"
+    assert a.id == b.id == "shapes-train-s7-000013"
     assert np.array_equal(pixels(a), pixels(b))
     assert a.captions == b.captions and a.meta == b.meta and a.label == b.label
 
@@ -307,7 +307,7 @@ def test_probes_are_balanced_and_negatives_are_false_and_distinct():
 def test_probe_items_carry_condition_and_true_count():
     probes = ShapesProbes(n=6, k=2, seed=3)
     item = probes[5]
-    assert item.id == "shapes-probes-000005"
+    assert item.id == "shapes-probes-s3-000005"
     assert len(item.captions) == 3 and item.meta["n_true"] == 1
     assert item.meta["condition"] == PROBE_CONDITIONS[5 % 4]
     assert np.array_equal(pixels(item), pixels(ShapesProbes(n=6, k=2, seed=3)[5]))
@@ -428,11 +428,11 @@ def test_probe_export_keeps_condition_and_negatives(tmp_path):
 )
 def test_damaged_png_gives_skipped_item(tmp_path, damage, reason):
     out = export_shapes(tmp_path / "d", split="test", n=3, progress=False)
-    damage(out / "images" / "shapes-test-000001.png")
+    damage(out / "images" / "shapes-test-s0-000001.png")
     folder = open_source(str(out))
     skipped = folder[1]
-    assert isinstance(skipped, Skipped) and skipped.id == "shapes-test-000001"
-    assert reason in skipped.reason and skipped.path.endswith("shapes-test-000001.png")
+    assert isinstance(skipped, Skipped) and skipped.id == "shapes-test-s0-000001"
+    assert reason in skipped.reason and skipped.path.endswith("shapes-test-s0-000001.png")
     assert isinstance(folder[0], Item) and isinstance(folder[2], Item)
 
 

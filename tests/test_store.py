@@ -227,7 +227,12 @@ def test_existing_store_from_another_model_is_refused_without_overwrite(store_pa
         StoreWriter(store_path, make_spec(shard_size=8))
     writer = StoreWriter(store_path, other, overwrite=True)
     assert writer.pending() == [0, 1, 2]
-    assert not any(store_path.glob("shard-*"))
+    assert EmbeddingStore(store_path).meta["model"] == "lakd:tiny-vit"  # whole until the new one is
+    for index, (start, stop) in enumerate(writer.ranges):
+        writer.write(index, make_shard(start, stop))
+    writer.finish()
+    assert EmbeddingStore(store_path).meta["model"] == "lakd:tiny-resnet"
+    assert sorted(p.name for p in store_path.iterdir()) == [META_NAME] + [shard_file_name(i) for i in range(3)]
 
 
 def test_shards_without_meta_are_refused_without_overwrite(store_path):
@@ -261,7 +266,7 @@ def test_missing_folder_and_file_are_not_stores(tmp_path):
 
 def test_meta_missing(store_path):
     (store_path / META_NAME).unlink()
-    with pytest.raises(LakdError, match=r"meta.json: missing.*embed the data again \(replacing the folder\)"):
+    with pytest.raises(LakdError, match=r"meta.json: missing.*embed the data again into a new folder"):
         EmbeddingStore(store_path)
 
 

@@ -254,7 +254,7 @@ def test_store_of_other_items_is_refused(tmp_path):
     short = tmp_path / "short"
     embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=20&image_size=32", out=str(short)))
     cfg = tiny(teacher={"kind": "cached", "store": str(short)}, recipe="fd")
-    with pytest.raises(LakdError, match=r"lacks 28 of the 48 training items .*\(first: shapes-train-000020"):
+    with pytest.raises(LakdError, match=r"lacks 28 of the 48 training items .*\(first: shapes-train-s0-000020"):
         train(cfg, out=str(tmp_path / "run"))
     other = tmp_path / "other"
     embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=48&image_size=32&seed=5", out=str(other)))

@@ -21,6 +21,7 @@ from lakd.analysis.inputs import (
     ArrayLike,
     as_float64,
     as_tensor,
+    nearly_constant,
     normalise_rows,
     require_rows,
     require_same_dim,
@@ -76,13 +77,15 @@ def cross_conformity(
 def conformity_fit(conformity_values: np.ndarray, cosine_to_mean: np.ndarray) -> dict:
     """Least-squares fit C ~ slope * cos(x, mu) + intercept (scipy.stats.linregress) with Pearson r.
 
-    Both inputs are per-item [N]. When either is constant the fit is undefined and every
-    coefficient is None (with a ``reason``) rather than NaN.
+    Both inputs are per-item [N] cosines. When either is constant up to rounding
+    (:func:`~lakd.analysis.inputs.nearly_constant`: a spread of at most 1e-9 of their magnitude, at
+    least 1) the fit is undefined and every coefficient is None (with a ``reason``) rather than NaN
+    or a correlation of rounding noise.
     """
     c = np.asarray(conformity_values, dtype=np.float64)
     cos = np.asarray(cosine_to_mean, dtype=np.float64)
     require_rows(len(c), 3, "conformity fit", "a regression")
-    if np.ptp(cos) == 0 or np.ptp(c) == 0:
+    if nearly_constant(cos) or nearly_constant(c):
         return {"slope": None, "intercept": None, "pearson_r": None, "n": len(c), "reason": "constant input"}
     fit = stats.linregress(cos, c)
     return {

@@ -49,11 +49,18 @@ def shell_group(m: ModalityData, config: AnalysisConfig) -> dict:
     )
 
 
+FIT_MIN_ROWS = 3  # a line through two points has no residual: no correlation to report
+
+
 def conformity_group(m: ModalityData, config: AnalysisConfig) -> dict:
     values = m.per_item["conformity"]
+    if len(values) < FIT_MIN_ROWS:
+        fit = {"skipped": f"needs at least {FIT_MIN_ROWS} rows, have {len(values)}"}
+    else:
+        fit = conformity_fit(values, m.per_item["cosine_to_mean"])
     return {
         "distribution": distribution_stats(values, f"{m.name} conformity", bins=config.histogram_bins),
-        "fit_vs_cosine_to_mean": conformity_fit(values, m.per_item["cosine_to_mean"]),
+        "fit_vs_cosine_to_mean": fit,
     }
 
 

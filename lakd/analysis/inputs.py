@@ -54,6 +54,22 @@ def check_finite(x: np.ndarray, name: str, *, row_offset: int = 0) -> None:
         )
 
 
+# values whose spread is within this fraction of their magnitude differ only by rounding
+CONSTANT_RTOL = 1e-9
+
+
+def nearly_constant(values: np.ndarray, scale: float = 1.0) -> bool:
+    """Whether ``values`` are one value up to rounding: their spread (max - min) is at most
+    :data:`CONSTANT_RTOL` times their magnitude, max(|v|), and never less than ``scale`` (the
+    natural size of the quantity: 1 for cosines, so cosines that all round to 0 count as constant).
+    A fit or rank correlation on such values measures rounding noise."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return True
+    magnitude = max(float(np.max(np.abs(values))), scale)
+    return float(np.ptp(values)) <= CONSTANT_RTOL * magnitude
+
+
 def require_rows(n: int, minimum: int, name: str, purpose: str) -> None:
     """Raise :class:`LakdError` unless there are at least ``minimum`` rows."""
     if n < minimum:

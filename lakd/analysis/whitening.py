@@ -33,7 +33,7 @@ from lakd import __version__
 from lakd.analysis.inputs import ArrayLike, ChunkSource, as_float64
 from lakd.analysis.moments import Moments, ReservoirSample, numerical_rank, sorted_eigh
 from lakd.errors import LakdError
-from lakd.io import atomic_path, file_sha256, write_json
+from lakd.io import atomic_paths, file_sha256
 
 FORMAT = "lakd-whitening/1"
 
@@ -120,12 +120,16 @@ class WhiteningStats:
         path = Path(path)
         if path.suffix != ".safetensors":
             raise LakdError(f"{path}: whitening statistics are saved as a .safetensors file")
-        tensors = {"mu": self.mu, "W": self.W, "eigenvalues": self.eigenvalues}
-        with atomic_path(path) as tmp:
-            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, tmp)
-            digest = file_sha256(tmp)
-        write_json(sidecar_path(path), {**self.metadata(), "tensors_sha256": digest})
+        with atomic_paths(path, sidecar_path(path)) as (tmp, sidecar_tmp):
+            self._write(tmp, sidecar_tmp)
         return path
+
+    def _write(self, tensor_file: Path, sidecar_file: Path) -> None:
+        """The tensor file and its sidecar, at the (temporary) names given."""
+        tensors = {"mu": self.mu, "W": self.W, "eigenvalues": self.eigenvalues}
+        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, tensor_file)
+        sidecar = {**self.metadata(), "tensors_sha256": file_sha256(tensor_file)}
+        sidecar_file.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> WhiteningStats:
@@ -210,8 +214,14 @@ def stats_path(out: str | Path, modality: str) -> Path:
 
 
 def save_stats_set(out: str | Path, stats: dict[str, WhiteningStats]) -> dict[str, Path]:
-    """Save one file per modality under the set name ``out``; returns ``{modality: file}``."""
-    return {modality: fitted.save(stats_path(out, modality)) for modality, fitted in stats.items()}
+    """Save one file per modality under the set name ``out``; returns ``{modality: file}``. Every
+    file and sidecar is written under a temporary name before any is renamed, so a full disk leaves
+    the previous set whole (never a new image file beside an old text file)."""
+    paths = {modality: stats_path(out, modality) for modality in stats}
+    with atomic_paths(*(f for path in paths.values() for f in (path, sidecar_path(path)))) as tmps:
+        for i, fitted in enumerate(stats.values()):
+            fitted._write(tmps[2 * i], tmps[2 * i + 1])
+    return paths
 
 
 def load_stats_set(out: str | Path, modalities: tuple[str, ...] = MODALITIES) -> dict[str, WhiteningStats]:
@@ -312,7 +322,7 @@ def whitening_from_moments(
     if ridge == 0 and numerical_rank(eigenvalues) < k:
         raise LakdError(
             f"{moments.name}: covariance is singular (numerical rank {numerical_rank(eigenvalues)} < {k} axes, "
-            f"N = {moments.n}, d = {d}); use eps > 0, shrinkage, or rank <= {numerical_rank(eigenvalues)}"
+            f"N = {moments.n}, d = {d}); use `eps` > 0, `shrinkage`, or `rank` <= {numerical_rank(eigenvalues)}"
         )
     w = WHITENING_METHODS[method](vectors[:, :k], 1.0 / np.sqrt(eigenvalues[:k] + ridge))
     return WhiteningStats(
@@ -333,14 +343,18 @@ def whitening_from_moments(
 def whiten(x: ArrayLike, stats: WhiteningStats) -> ArrayLike:
     """y = (x - mu) @ W for raw embeddings x [N, d] -> [N, k] (PCA) or [N, d] (ZCA) [WC].
 
-    A torch tensor stays a torch tensor (its dtype and device; differentiable); anything else
+    A torch tensor stays a torch tensor (its dtype and device; differentiable), computed in at least
+    float32: a float16 or bfloat16 input is whitened in float32 and the result cast back (in half
+    precision, y = (x - mu) W loses up to whole units on coordinates of unit scale). Anything else
     becomes a float64 numpy array.
     """
     if isinstance(x, torch.Tensor):
         if x.shape[-1] != stats.dim:
             raise LakdError(f"whitening expects dimension {stats.dim}, got {x.shape[-1]}")
-        mu = torch.as_tensor(stats.mu, dtype=x.dtype, device=x.device)
-        return (x - mu) @ torch.as_tensor(stats.W, dtype=x.dtype, device=x.device)
+        work = _working_dtype(x.dtype)
+        mu = torch.as_tensor(stats.mu, dtype=work, device=x.device)
+        y = (x.to(work) - mu) @ torch.as_tensor(stats.W, dtype=work, device=x.device)
+        return y.to(x.dtype) if x.dtype.is_floating_point else y  # integer input: float64 out
     x = as_float64(x, "embeddings to whiten")
     if x.shape[1] != stats.dim:
         raise LakdError(f"whitening expects dimension {stats.dim}, got {x.shape[1]}")
@@ -352,8 +366,17 @@ def log_likelihood(x: ArrayLike, stats: WhiteningStats, *, include_log_det: bool
     -1/2 (k log 2 pi + ||y||^2) + log|det W| with y = whiten(x), k the kept axes.
 
     ``include_log_det=False`` drops the constant log|det W| as [WC] does; keep it to compare
-    likelihoods across different whitenings (e.g. teacher vs student).
+    likelihoods across different whitenings (e.g. teacher vs student). A float16 / bfloat16 tensor is
+    computed in float32 and returned in its own dtype (:func:`whiten`).
     """
+    if isinstance(x, torch.Tensor) and _working_dtype(x.dtype) != x.dtype:
+        # whitened in float32, and ||y||^2 summed in float32 too: only the result goes back to half
+        return log_likelihood(x.to(_working_dtype(x.dtype)), stats, include_log_det=include_log_det).to(x.dtype)
     y = whiten(x, stats)
     constant = -0.5 * stats.rank * math.log(2 * math.pi) + (stats.log_det if include_log_det else 0.0)
     return constant - 0.5 * (y**2).sum(-1)
+
+
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype whitening computes in for a tensor of ``dtype``: at least float32."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float64

@@ -44,15 +44,27 @@ class Skipped:
 LEGACY_OPTION_DEFAULTS = {"image_root": None, "csv_img_key": "filepath", "csv_caption_key": "title", "csv_sep": None}
 
 
+# the largest image file a reader reads (64 MiB); a larger file is skipped like a corrupt one
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+
 @dataclass
 class SourceOptions:
     """What a data source may do, as opposed to what the data is (that is the data spec and its
     ``?key=value`` options, :mod:`lakd.data.sources`): ``download`` lets torchvision data sets
     download (``--download``); ``allow_outside_root`` accepts image paths that leave the data's
-    image folder (``--allow-outside-root``)."""
+    image folder (``--allow-outside-root``); ``max_image_bytes`` is the largest image file a reader
+    reads (default :data:`MAX_IMAGE_BYTES`, 64 MiB; ``--max-image-bytes``): a larger one, or one
+    that is not a regular file, is skipped and reported like a corrupt image."""
 
     download: bool = False
     allow_outside_root: bool = False
+    max_image_bytes: int = MAX_IMAGE_BYTES
+
+    def __post_init__(self) -> None:
+        value = self.max_image_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LakdError(f"max_image_bytes: must be a positive number of bytes, got {value!r}")
 
     @classmethod
     def from_meta(cls, values: Any, source: str) -> SourceOptions:
@@ -68,10 +80,14 @@ class SourceOptions:
                 f"{source}: made with reader option(s) {', '.join(changed)}, which are now part of the data "
                 "spec (e.g. captions.csv?root=DIR); embed the data again"
             )
-        unknown = sorted(set(values) - {"download", "allow_outside_root"})
+        unknown = sorted(set(values) - {"download", "allow_outside_root", "max_image_bytes"})
         if unknown:
             raise LakdError(f"{source}: field 'source_options' has unknown key(s) {', '.join(unknown)}")
-        return cls(**{key: bool(value) for key, value in values.items()})
+        flags = {key: bool(values[key]) for key in ("download", "allow_outside_root") if key in values}
+        limit = values.get("max_image_bytes", MAX_IMAGE_BYTES)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise LakdError(f"{source}: field 'source_options.max_image_bytes' must be a positive integer")
+        return cls(**flags, max_image_bytes=limit)
 
 
 def drop_skipped(batch: list[Item | Skipped]) -> tuple[list[Item], list[Skipped]]:

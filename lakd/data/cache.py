@@ -2,7 +2,8 @@
 
 :func:`cached_store` returns the store in a folder when it is complete and its recorded identity
 (``cache-key.json``) equals the one asked for; resumes it when it was interrupted (the builder
-keeps finished shards); rebuilds it otherwise. :func:`cache_folder_name` names the folder of a key
+keeps finished shards); rebuilds it otherwise. A build that fails before writing any of the store
+leaves no trace (no key, no folder it created). :func:`cache_folder_name` names the folder of a key
 by a readable slug plus a hash. What the identity holds (e.g. a model's files' sizes and modification
 times, so a retrained checkpoint is embedded again) is up to the caller
 (:func:`lakd.models.embed.cached_embed`).
@@ -17,7 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lakd.data.store import CLASSES_NAME, EmbeddingStore
+from lakd.data.store import CLASSES_NAME, META_NAME, EmbeddingStore
+from lakd.data.store.format import SHARD_GLOB
 from lakd.errors import LakdError
 from lakd.io import write_json
 
@@ -60,5 +62,24 @@ def cached_store(
     overwrite = folder.exists() and not same
     if overwrite:
         (folder / CLASSES_NAME).unlink(missing_ok=True)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     write_json(folder / KEY_FILE, identity)
-    return build(overwrite)
+    try:
+        return build(overwrite)
+    except BaseException:
+        _forget(folder, created)
+        raise
+
+
+def _forget(folder: Path, created: list[Path]) -> None:
+    """After a build that failed before writing any of the store (a model that does not load, data
+    that does not open), remove the key it was given and the folders made for it, so a failed run
+    leaves nothing behind; a store that was begun keeps its key, so the next run resumes it."""
+    if (folder / META_NAME).exists() or any(folder.glob(SHARD_GLOB)):
+        return
+    (folder / KEY_FILE).unlink(missing_ok=True)
+    for path in created:  # innermost first; each only when it is empty
+        try:
+            path.rmdir()
+        except OSError:
+            return

@@ -20,6 +20,7 @@ from lakd.eval.results import result_record, write_results
 from lakd.eval.tasks import select_tasks, task_by_name
 from lakd.eval.templates import load_templates, source_templates
 from lakd.eval.zeroshot import ensure_class_prompts
+from lakd.models.checkpoint import MissingArch
 from lakd.models.embed import cached_embed
 
 CACHE_DIR_NAME = "eval-cache"
@@ -34,7 +35,8 @@ class EvalConfig:
     contain ``{task}``); None writes nothing. ``teacher`` (a model spec, run over the same data) or
     ``teacher_embeddings`` (a store of the same items) adds teacher-agreement metrics.
     ``templates``: a template file (default: the data's own, :func:`~lakd.eval.templates.source_templates`). ``cache_dir`` defaults to
-    ``eval-cache`` beside ``out``.
+    ``eval-cache`` beside ``out``. ``allow_nonfinite``: drop NaN/Inf rows of the stores (with a count)
+    instead of failing; the student's and the teacher's must still hold the same items.
     """
 
     model: str | None = None
@@ -49,6 +51,7 @@ class EvalConfig:
     device: str = "cpu"
     arch: str | None = None
     cache_dir: str | None = None
+    allow_nonfinite: bool = False
     source_options: SourceOptions = field(default_factory=SourceOptions)
 
 
@@ -83,6 +86,7 @@ def _model_store(cfg: EvalConfig, spec: str, data: str, options: SourceOptions, 
         source_options=options,
         batch_size=cfg.batch_size,
         device=cfg.device,
+        allow_nonfinite=cfg.allow_nonfinite,
     )
 
 
@@ -90,7 +94,7 @@ def _student(cfg: EvalConfig, templates: list[str] | None) -> tuple[EmbeddingSto
     task = task_by_name(cfg.task)  # None: all tasks
     only_zeroshot = task is not None and task.name == "zeroshot"
     if cfg.embeddings is not None:
-        store = EmbeddingStore(cfg.embeddings)
+        store = EmbeddingStore(cfg.embeddings, allow_nonfinite=cfg.allow_nonfinite)
     else:
         store = _model_store(cfg, cfg.model, cfg.data, cfg.source_options, cfg.arch)
         if (task is None or only_zeroshot) and store.meta.get("classnames") and store.meta.get("has_labels"):
@@ -118,13 +122,19 @@ def _student(cfg: EvalConfig, templates: list[str] | None) -> tuple[EmbeddingSto
 
 
 def _teacher(cfg: EvalConfig, store: EmbeddingStore, student: EvalInputs, zeroshot: bool) -> EvalInputs:
-    if cfg.teacher_embeddings:
-        teacher_store = EmbeddingStore(cfg.teacher_embeddings)
-    elif cfg.model is not None:
-        teacher_store = _model_store(cfg, cfg.teacher, cfg.data, cfg.source_options, None)
-    else:
-        options = SourceOptions.from_meta(store.meta.get("source_options") or {}, str(store.path / "meta.json"))
-        teacher_store = _model_store(cfg, cfg.teacher, student.source, options, None)
+    try:
+        if cfg.teacher_embeddings:
+            teacher_store = EmbeddingStore(cfg.teacher_embeddings, allow_nonfinite=cfg.allow_nonfinite)
+        elif cfg.model is not None:
+            teacher_store = _model_store(cfg, cfg.teacher, cfg.data, cfg.source_options, None)
+        else:
+            options = SourceOptions.from_meta(store.meta.get("source_options") or {}, str(store.path / "meta.json"))
+            teacher_store = _model_store(cfg, cfg.teacher, student.source, options, None)
+    except MissingArch as err:  # `arch` is the student's: a teacher's cannot be given
+        raise err.advice(
+            "a teacher is read without an architecture; embed the data with it first (lakd embed and its "
+            "arch option) and give that store as `teacher_embeddings`"
+        ) from None
     teacher = load_inputs(teacher_store, conditions=False)
     if teacher.ids != student.ids:
         raise LakdError(

@@ -1,7 +1,8 @@
 """Prompt templates for zero-shot classification: a default set and template files.
 
 A template is a ``str.format`` pattern with one named field ``{c}`` for the class name
-(clip_benchmark's convention), e.g. ``"a photo of a {c}."``. A template file holds one template
+(clip_benchmark's convention), e.g. ``"a photo of a {c}."``; the field takes no conversion or format
+spec. A template file holds one template
 per line; blank lines and lines starting with ``#`` are ignored.
 """
 
@@ -26,14 +27,22 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 
 
 def template_problem(template: str) -> str | None:
-    """Why ``template`` is not a valid class-name template, or None when it is."""
+    """Why ``template`` is not a valid class-name template, or None when it is: it must use the field
+    ``{c}`` as it is, with no conversion (``{c!r}``) or format spec (``{c:>3000000000}``, which
+    would pad the class name to any width), and no other field."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        parts = list(string.Formatter().parse(template))
     except ValueError as err:
         return f"not a valid format string ({err})"
-    if set(fields) != {"c"}:
-        found = ", ".join("{" + name + "}" for name in fields) or "no field"
+    fields = [(name, spec, conversion) for _, name, spec, conversion in parts if name is not None]
+    if {name for name, _, _ in fields} != {"c"}:
+        found = ", ".join("{" + name + "}" for name, _, _ in fields) or "no field"
         return f"must use the class-name field {{c}} and no other field (found {found})"
+    for name, spec, conversion in fields:
+        if spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"must use {{c}} as it is, without a conversion or format spec (found {shown})"
     return None
 
 
@@ -66,5 +75,10 @@ def source_templates(source: object) -> list[str]:
 
 
 def class_prompts_text(classnames: list[str], templates: list[str]) -> list[str]:
-    """Prompts in class-major order: ``[t.format(c=name) for name in classnames for t in templates]``."""
+    """Prompts in class-major order: ``[t.format(c=name) for name in classnames for t in templates]``;
+    a template that is not a plain ``{c}`` pattern (:func:`template_problem`) is a LakdError."""
+    for template in templates:
+        problem = template_problem(template)
+        if problem:
+            raise LakdError(f"template {template[:80]!r}: {problem}")
     return [template.format(c=name) for name in classnames for template in templates]

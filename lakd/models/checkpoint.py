@@ -32,9 +32,26 @@ from safetensors.torch import save_file
 
 import lakd
 from lakd.errors import LakdError
-from lakd.io import atomic_dir, atomic_path, file_sha256, write_json
+from lakd.io import atomic_dir, atomic_path, atomic_paths, file_sha256, write_json
 from lakd.models.build import finish, model_from_cfg, resolve_arch, set_preprocess_cfg, tokenizer_for
 from lakd.models.safe_load import StateDict, load_weights, read_checkpoint, sidecar_path
+
+
+class MissingArch(LakdError):
+    """A checkpoint without its model config (an open_clip checkpoint), read without ``arch``. Its
+    message asks for the ``arch`` field; a caller with no way to give one (a teacher, a report entry)
+    catches it and says what to do instead (:meth:`advice`)."""
+
+    def __init__(self, path: str | Path, advice: str | None = None):
+        self.path = Path(path)
+        super().__init__(
+            f"{path}: no model_cfg in the checkpoint (an open_clip checkpoint?): "
+            + (advice or "give `arch` (an open_clip architecture such as ViT-B-32, or lakd:NAME)")
+        )
+
+    def advice(self, advice: str) -> MissingArch:
+        """The same problem with other advice."""
+        return MissingArch(self.path, advice)
 
 Parts = dict[str, tuple[dict[str, Any], StateDict]]
 Writer = Callable[..., None]  # (path, state_dict, record, parts, *, durable) -> None
@@ -128,23 +145,32 @@ def _write_torch(
 def _write_safetensors(
     path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict], *, durable: bool
 ) -> None:
-    for name, part in parts.items():  # parts first: the sidecar, written last, names them
-        _write_safetensors_weights(part_file(path, name), part, durable=durable)
-        record["lakd"][name]["file"] = part_file(path, name).name
-    # the sidecar records the weights' digest: a crash between the two renames, or weights replaced
-    # later, is detected on load instead of pairing new weights with old metadata
-    record["lakd"]["weights_sha256"] = _write_safetensors_weights(path, state_dict, durable=durable)
-    write_json(sidecar_path(path), record, durable=durable)
+    files = [part_file(path, name) for name in parts]
+    # every file is written under a temporary name before any is renamed, so a full disk leaves the
+    # previous checkpoint whole; the renames put the sidecar last. The sidecar records the weights'
+    # digest: a crash between the renames, or weights replaced later, is detected on load instead of
+    # pairing new weights with old metadata
+    with atomic_paths(*files, path, sidecar_path(path), durable=durable) as tmps:
+        for (name, part), file, tmp in zip(parts.items(), files, tmps, strict=False):
+            _save_weights(tmp, part)
+            record["lakd"][name]["file"] = file.name
+        record["lakd"]["weights_sha256"] = _save_weights(tmps[len(files)], state_dict)
+        tmps[-1].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_weights(path: Path, state_dict: StateDict) -> str:
+    """Write the tensors to ``path`` (a temporary name); return the SHA-256 of the file."""
+    tensors = {
+        key: value.contiguous().clone() for key, value in state_dict.items()
+    }  # clone: no shared storage
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return file_sha256(path)
 
 
 def _write_safetensors_weights(path: Path, state_dict: StateDict, *, durable: bool = False) -> str:
     """Write the tensors atomically; return the SHA-256 of the file."""
-    tensors = {
-        key: value.contiguous().clone() for key, value in state_dict.items()
-    }  # clone: no shared storage
     with atomic_path(path, durable=durable) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        return file_sha256(tmp)
+        return _save_weights(tmp, state_dict)
 
 
 def _checkpoint_record(
@@ -206,10 +232,7 @@ def _load_checkpoint(path: Path, *, arch: str | None, device: str, precision: st
     elif meta.get("model_cfg") is not None:
         model_name, model_cfg = lakd_meta.get("model_name"), meta["model_cfg"]
     else:
-        raise LakdError(
-            f"{path}: no model_cfg in the checkpoint (an open_clip checkpoint?): give `arch` "
-            "(an open_clip architecture such as ViT-B-32, or lakd:NAME)"
-        )
+        raise MissingArch(path)
     model = model_from_cfg(model_cfg, precision=precision, device=device, source=str(path))
     load_weights(model, state_dict, source=path, arch=model_name)
     preprocess_cfg = lakd_meta.get("preprocess_cfg")

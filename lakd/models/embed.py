@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from lakd import distributed
 from lakd.data import Skipped, SourceOptions, describe_skipped, open_source
 from lakd.data.cache import cache_folder_name, cached_store
 from lakd.data.store import EmbeddingStore, ShardData, StoreSpec, StoreWriter
+from lakd.data.store.writer import check_out
 from lakd.errors import LakdError
 from lakd.models.encode import Batch, Collate, IndexedSource, encode_batch, probe_dims
 from lakd.models.factory import load_model
@@ -93,6 +94,32 @@ class ShardBuffer:
         )
 
 
+class ShardBatches:
+    """The batches of source indices of some shards, made as they are asked for (a DataLoader
+    ``batch_sampler``): the items ``[start, stop)`` of each shard in ``shards``, in runs of
+    ``batch_size`` that never cross a shard's end. Nothing is built up front, so a source of any size
+    costs no memory before its first batch."""
+
+    def __init__(self, ranges: Sequence[tuple[int, int]], shards: Sequence[int], batch_size: int):
+        if batch_size < 1:
+            raise LakdError(f"batch_size: must be positive, got {batch_size}")
+        self.ranges, self.shards, self.batch_size = ranges, list(shards), batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for index in self.shards:
+            start, stop = self.ranges[index]
+            for first in range(start, stop, self.batch_size):
+                yield list(range(first, min(first + self.batch_size, stop)))
+
+    def __len__(self) -> int:
+        return sum(-(-(stop - start) // self.batch_size) for start, stop in (self.ranges[i] for i in self.shards))
+
+    @property
+    def n_items(self) -> int:
+        """How many source items the batches cover."""
+        return sum(stop - start for start, stop in (self.ranges[i] for i in self.shards))
+
+
 def logit_scale_of(model) -> float | None:
     """The model's multiplicative logit scale (``logit_scale.exp()``), recorded in a store's meta so a
     cached teacher's logit-based distillation terms can use it; None when the model has none."""
@@ -106,8 +133,7 @@ def embed(cfg: EmbedConfig) -> EmbeddingStore:
         raise LakdError(f"batch_size: must be positive, got {cfg.batch_size}")
     with distributed.distributed(cfg.device) as context:
         device = context.device
-        model, preprocess, tokenizer = load_model(cfg.model, device=device, arch=cfg.arch)
-        source = open_source(cfg.data, cfg.source_options)
+        source = open_source(cfg.data, cfg.source_options)  # bad data fails before the model loads
         if len(source) == 0:
             raise LakdError(f"{cfg.data}: the data source has no items")
         spec = StoreSpec(
@@ -119,6 +145,8 @@ def embed(cfg: EmbedConfig) -> EmbeddingStore:
             arch=cfg.arch,
             source_options=asdict(cfg.source_options),
         )
+        check_out(cfg.out, spec, cfg.overwrite)  # before the model loads; the writer checks again
+        model, preprocess, tokenizer = load_model(cfg.model, device=device, arch=cfg.arch)
         options = {k: getattr(cfg, k) for k in ("batch_size", "device", "num_workers", "allow_nonfinite")}
         classnames = list(getattr(source, "classnames", None) or []) or None
         writer = StoreWriter(
@@ -129,8 +157,12 @@ def embed(cfg: EmbedConfig) -> EmbeddingStore:
             world_size=context.world_size,
             extra={"classnames": classnames, "options": options, "logit_scale": logit_scale_of(model)},
         )
-        _embed_shards(cfg, writer, source, model, preprocess, tokenizer, device, show_progress=context.is_main)
-        writer.finish()
+        try:
+            _embed_shards(cfg, writer, source, model, preprocess, tokenizer, device, show_progress=context.is_main)
+            writer.finish()
+        except BaseException:
+            writer.abandon()  # a store being replaced stays as it was
+            raise
         return EmbeddingStore(cfg.out, allow_nonfinite=cfg.allow_nonfinite)
 
 
@@ -138,12 +170,7 @@ def _embed_shards(
     cfg, writer: StoreWriter, source, model, preprocess, tokenizer, device, *, show_progress
 ) -> None:
     """Embed this rank's pending shards, writing each as soon as its last batch is done."""
-    pending = writer.pending()
-    batches = [
-        list(range(first, min(first + cfg.batch_size, writer.ranges[index][1])))
-        for index in pending
-        for first in range(writer.ranges[index][0], writer.ranges[index][1], cfg.batch_size)
-    ]
+    batches = ShardBatches(writer.ranges, writer.pending(), cfg.batch_size)
     loader = DataLoader(
         IndexedSource(source),
         batch_sampler=batches,
@@ -152,7 +179,7 @@ def _embed_shards(
         pin_memory=torch.device(device).type == "cuda",
         generator=torch.Generator(),  # leave the caller's global RNG untouched
     )
-    total = sum(len(b) for b in batches)
+    total = batches.n_items
     progress = tqdm(total=total, desc=f"embedding {cfg.model}", unit=" items", disable=not show_progress)
     dims: dict[str, int] = {}
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -94,17 +97,52 @@ def _open_clip_arch(spec: ModelSpec, options: LoadOptions):
         raise LakdError(
             f"{spec}: unknown pretrained tag {tag!r} for {arch} (available: {', '.join(tags) or 'none'})"
         )
-    if _offline() and not _tag_is_cached(tag_cfg):
-        raise LakdError(
-            f"{spec}: pretrained tag {tag!r} could not be fetched offline (HF_HUB_OFFLINE is set)"
-        )
+    if not _tag_is_cached(tag_cfg):
+        if _offline():
+            raise LakdError(
+                f"{spec}: pretrained tag {tag!r} could not be fetched offline (HF_HUB_OFFLINE is set)"
+            )
+        _check_reachable(spec, _download_url(tag_cfg))
     return _create_named(arch, str(spec), options, pretrained=tag)
 
 
 def _hf_hub(spec: ModelSpec, options: LoadOptions):
-    if _offline() and not _is_cached(spec.target, "open_clip_config.json"):
-        raise LakdError(f"{spec}: could not be fetched offline (HF_HUB_OFFLINE is set and it is not cached)")
+    if not _is_cached(spec.target, "open_clip_config.json"):
+        if _offline():
+            raise LakdError(f"{spec}: could not be fetched offline (HF_HUB_OFFLINE is set and it is not cached)")
+        _check_reachable(spec, huggingface_hub.constants.ENDPOINT)
     return _create_schema(str(spec), options)
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def _download_url(tag_cfg: dict) -> str:
+    """Where open_clip fetches a pretrained tag's weights from: the Hugging Face Hub when the tag has
+    a hub entry (open_clip prefers it), else the tag's own URL."""
+    if tag_cfg.get("hf_hub") or not tag_cfg.get("url"):
+        return huggingface_hub.constants.ENDPOINT
+    return tag_cfg["url"]
+
+
+def _check_reachable(spec: ModelSpec, url: str) -> None:
+    """Before a download: one connection to ``url``'s host (at most :data:`REACH_TIMEOUT_S`), so a
+    machine without network gets one line at once instead of the hub client's retries (five, with
+    back-off, each logged). Skipped behind a proxy, which only the download itself goes through."""
+    if urllib.request.getproxies():
+        return
+    parsed = urllib.parse.urlparse(url)
+    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+    if not host:
+        return
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        raise LakdError(
+            f"{spec}: not in the local cache, and {host} cannot be reached to download it "
+            f"({err.strerror or err}); connect to the network, or copy the Hugging Face cache of a "
+            "machine that has it (HF_HOME)"
+        ) from None
 
 
 def _local_dir(spec: ModelSpec, options: LoadOptions):

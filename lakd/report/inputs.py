@@ -4,7 +4,8 @@ Every entry of a report is one string: an embedding-store folder (written by ``l
 model spec (:func:`lakd.models.load_model`). :func:`resolve_inputs` checks all of them, the data
 source and the item counts cheaply, before any model runs; :func:`open_stores` then embeds the
 models (through :func:`lakd.models.embed.cached_embed`, under the report's ``embeddings/`` folder)
-and checks that every store holds the same items in the same order.
+and checks that every store holds the same items in the same order: the same ids and, caption by
+caption, the same captions (:func:`check_same_content`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
+import torch
+
 from lakd.data import SourceOptions, open_source
 from lakd.data.sources import DataSpec, source_ids
 from lakd.data.store import META_NAME, EmbeddingStore
 from lakd.errors import LakdError
+from lakd.io import clear_stale
 from lakd.models.specs import ModelSpec, accepted_forms, scheme_of
 
 CACHE_DIR = "embeddings"
@@ -141,6 +145,8 @@ def resolve_inputs(
                 f"{store.path}: its item ids differ from {first.path}'s (other items or another order); "
                 "a report compares embeddings of the same items"
             )
+        if store is not first:
+            check_same_content(store, first)
     if data is not None:
         what = f"`data` {data}" if given else f"the default data {data} (no `data` given)"
         source = open_source(data, options)
@@ -196,6 +202,7 @@ def check_output(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> Non
     """Refuse an output folder (``out``, resolved) that would destroy something: one that exists
     without ``overwrite``; one that is not a lakd report (nor empty), even with it; one that is or
     contains the working folder or any of the resolved ``inputs``; or a place that cannot be written."""
+    clear_stale(out)  # what a killed report left beside it
     cwd = Path.cwd().resolve()
     if cwd.is_relative_to(out):
         raise LakdError(
@@ -264,17 +271,24 @@ def open_stores(
         if entry.kind == "embeddings":
             opened[entry.name] = stores[entry.name]
         else:
-            from lakd.models.embed import cached_embed  # imports open_clip: only when a model runs
+            from lakd.models.checkpoint import MissingArch  # imports open_clip: only when a model runs
+            from lakd.models.embed import cached_embed
 
-            opened[entry.name] = cached_embed(
-                entry.spec,
-                data,
-                cache_root,
-                source_options=options,
-                batch_size=batch_size,
-                device=device,
-                allow_nonfinite=allow_nonfinite,
-            )
+            try:
+                opened[entry.name] = cached_embed(
+                    entry.spec,
+                    data,
+                    cache_root,
+                    source_options=options,
+                    batch_size=batch_size,
+                    device=device,
+                    allow_nonfinite=allow_nonfinite,
+                )
+            except MissingArch as err:  # a report reads every model without an architecture
+                raise err.advice(
+                    "a report reads models without an architecture; embed the data with it first (lakd "
+                    "embed and its arch option) and give that store as one of the `embeddings`"
+                ) from None
     reference_name, reference = next(iter(opened.items()))
     reference_ids = reference.ids()
     for name, store in opened.items():
@@ -283,7 +297,29 @@ def open_stores(
                 f"{store.path}: its items differ from {reference.path}'s ({store.n_items} vs "
                 f"{reference.n_items} items, or another order); embed both on the same data"
             )
+        if name != reference_name:
+            check_same_content(store, reference)
     return opened
+
+
+def check_same_content(store: EmbeddingStore, reference: EmbeddingStore) -> None:
+    """Stores of the same item ids must also hold the same captions, caption by caption (as lakd eval
+    checks a teacher's): equal ids with other captions are other items (e.g. data made with other
+    options). LakdError naming the store and the first caption that differs."""
+    captions, expected = store.captions(), reference.captions()
+    if captions == expected and torch.equal(store.text_item(), reference.text_item()):
+        return
+    ids = store.ids()
+    text_item = store.text_item().tolist()
+    first = next((j for j, (a, b) in enumerate(zip(captions, expected, strict=False)) if a != b), None)
+    if first is None:  # one store has more captions, or they belong to other items
+        where = f"{len(captions)} vs {len(expected)} captions"
+    else:
+        where = f"item {ids[text_item[first]]!r} is captioned {captions[first][:60]!r} vs {expected[first][:60]!r}"
+    raise LakdError(
+        f"{store.path}: its items have the ids of {reference.path}'s but other captions ({where}); "
+        "a report compares embeddings of the same items"
+    )
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """COCO captions annotation files (``captions_train2017.json`` and the like).
 
 The JSON holds ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``).
-Every caption of an image is kept, in file order; the item id is the COCO image id (as a string).
+Every caption of an image is kept, in file order; the item id is the COCO image id as a string
+(so ``1`` and ``"1"`` name the same image, and both in ``images`` is a duplicate).
 Images are looked up under the spec's ``root`` option (``annotations.json?root=DIR``), or, when
 that is not given, under the folder that holds the JSON file. Images without any (non-empty) caption are left out.
 """
@@ -37,6 +38,8 @@ def _load_json(path: Path) -> Any:
         raise LakdError(
             f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
         ) from None
+    except RecursionError:
+        raise LakdError(f"{path}: JSON nested too deeply to read") from None
 
 
 def _field(path: Path, where: str, record: Any, name: str, kind: type | tuple[type, ...]) -> Any:
@@ -65,21 +68,23 @@ def read_coco(ann_file: str | os.PathLike, root: str | os.PathLike, options: Sou
     images = _field(path, "top level", data, "images", list)
     annotations = _field(path, "top level", data, "annotations", list)
 
-    file_names: dict[int | str, str] = {}
+    # ids are compared as strings, the item ids they become: 1 and "1" are one image
+    file_names: dict[str, str] = {}
     for i, image in enumerate(images):
         image_id = _field(path, f"images[{i}]", image, "id", (int, str))
-        if image_id in file_names:
-            raise LakdError(f"{path}: images[{i}].id {image_id!r} appears twice")
-        file_names[image_id] = _field(path, f"images[{i}]", image, "file_name", str)
+        key = str(image_id)
+        if key in file_names:
+            raise LakdError(f"{path}: images[{i}].id {image_id!r} appears twice (item id {key!r})")
+        file_names[key] = _field(path, f"images[{i}]", image, "file_name", str)
 
-    captions: dict[int | str, list[str]] = {}
+    captions: dict[str, list[str]] = {}
     for i, annotation in enumerate(annotations):
         image_id = _field(path, f"annotations[{i}]", annotation, "image_id", (int, str))
         caption = _field(path, f"annotations[{i}]", annotation, "caption", str)
-        if image_id not in file_names:
+        if str(image_id) not in file_names:
             raise LakdError(f"{path}: annotations[{i}].image_id {image_id!r} is not in 'images'")
         if caption.strip():
-            captions.setdefault(image_id, []).append(caption.strip())
+            captions.setdefault(str(image_id), []).append(caption.strip())
 
     kept = [image_id for image_id in file_names if captions.get(image_id)]
     if not kept:
@@ -89,15 +94,16 @@ def read_coco(ann_file: str | os.PathLike, root: str | os.PathLike, options: Sou
         hit = first_outside(root_dir, (file_names[i] for i in kept))
         if hit is not None:
             raise LakdError(
-                f"{path}: file_name {hit[1]!r} of image {kept[hit[0]]!r} is outside the image root {root_dir} "
+                f"{path}: file_name {hit[1]!r} of image {kept[hit[0]]} is outside the image root {root_dir} "
                 "(use `allow_outside_root` to allow it)"
             )
     return FileImageDataset(
         source=source,
-        ids=[str(image_id) for image_id in kept],
+        ids=kept,
         root=root_dir,
         files=[file_names[image_id] for image_id in kept],
         captions=[captions[image_id] for image_id in kept],
+        max_image_bytes=options.max_image_bytes,
     )
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from lakd.data.base import Item, Skipped
+from lakd.data.base import MAX_IMAGE_BYTES, Item, Skipped
 from lakd.errors import LakdError
 
 
@@ -37,10 +38,41 @@ def decode_image(data: bytes) -> Image.Image:
         raise UnreadableImage(f"corrupt image ({err})") from None
 
 
-def load_image_file(path: str | os.PathLike) -> Image.Image:
-    """Read and decode the image file at ``path`` (RGB); :class:`UnreadableImage` when it can't be used."""
+def describe_bytes(n: int) -> str:
+    """``67108864`` -> ``"64.0 MiB"`` (B, KiB, MiB, GiB, TiB)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def check_image_size(size: int, max_bytes: int) -> None:
+    """:class:`UnreadableImage` when an image of ``size`` bytes is over the limit ``max_bytes``."""
+    if size > max_bytes:
+        raise UnreadableImage(f"file of {describe_bytes(size)}, over the {describe_bytes(max_bytes)} image size limit")
+
+
+FILE_KINDS = (
+    (stat.S_ISDIR, "a folder, not a file"),
+    (stat.S_ISCHR, "not a regular file (a character device)"),
+    (stat.S_ISBLK, "not a regular file (a block device)"),
+    (stat.S_ISFIFO, "not a regular file (a named pipe)"),
+    (stat.S_ISSOCK, "not a regular file (a socket)"),
+)
+
+
+def load_image_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+    """Read and decode the image file at ``path`` (RGB); :class:`UnreadableImage` when it can't be used.
+
+    Only a regular file is read (a symlink counts as what it points to: a link to ``/dev/zero``, a
+    pipe or a folder is refused before a byte is read), and at most ``max_bytes`` of it: a larger
+    file is refused, whatever size it claims.
+    """
     try:
-        data = Path(path).read_bytes()
+        # O_NONBLOCK: opening a named pipe must not wait for a writer; it is refused just below
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise UnreadableImage("missing file") from None
     except IsADirectoryError:
@@ -49,6 +81,23 @@ def load_image_file(path: str | os.PathLike) -> Image.Image:
         raise UnreadableImage("permission denied") from None
     except OSError as err:
         raise UnreadableImage(f"unreadable ({err.strerror or err})") from None
+    except ValueError:  # a NUL byte in the name
+        raise UnreadableImage("not a valid file name (it holds a NUL byte)") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        for test, reason in FILE_KINDS:
+            if test(mode):
+                raise UnreadableImage(reason)
+        if not stat.S_ISREG(mode):
+            raise UnreadableImage("not a regular file")
+        check_image_size(os.fstat(fd).st_size, max_bytes)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)  # a file that grows, or claims no size (/proc), is still bounded
+    except OSError as err:
+        raise UnreadableImage(f"unreadable ({err.strerror or err})") from None
+    finally:
+        os.close(fd)
+    check_image_size(len(data), max_bytes)
     return decode_image(data)
 
 
@@ -99,7 +148,8 @@ class FileImageDataset(Dataset):
     ``ids[i]`` names item i; its image file is ``files[i]`` joined to ``root`` (an absolute
     ``files[i]`` stands alone); ``captions[i]`` is its caption list, or one caption string;
     ``labels[i]`` is its class index (no ``labels`` for caption data). ``source`` is the spec the data
-    came from and ``classnames`` the class names (None for caption data). Paths are joined on access
+    came from and ``classnames`` the class names (None for caption data); an image file over
+    ``max_image_bytes`` (or not a regular file) is skipped (:func:`load_image_file`). Paths are joined on access
     so that opening a million-row CSV stays fast.
     """
 
@@ -112,6 +162,7 @@ class FileImageDataset(Dataset):
         captions: Sequence[str | list[str]],
         labels: Sequence[int] | None = None,
         classnames: list[str] | None = None,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
     ):
         if not len(ids):
             raise LakdError(f"{source}: no usable rows")
@@ -122,6 +173,7 @@ class FileImageDataset(Dataset):
         self.captions = captions
         self.labels = labels
         self.classnames = classnames
+        self.max_image_bytes = max_image_bytes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,7 +185,7 @@ class FileImageDataset(Dataset):
     def __getitem__(self, index: int) -> Item | Skipped:
         path = self.path(index)
         try:
-            image = load_image_file(path)
+            image = load_image_file(path, self.max_image_bytes)
         except UnreadableImage as err:
             return Skipped(id=self.ids[index], path=path, reason=str(err))
         captions = self.captions[index]

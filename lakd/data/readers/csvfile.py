@@ -11,6 +11,7 @@ paths are relative to the CSV's folder, or to ``root`` when given; paths that le
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,20 @@ def _separator_hint(columns: list[str], sep: str) -> str:
 
 
 def _read(path: Path, sep: str, **kwargs) -> pd.DataFrame:
-    """``pd.read_csv`` with every parse failure turned into a one-line :class:`LakdError`."""
+    """``pd.read_csv`` with every parse failure turned into a one-line :class:`LakdError`. Fields are
+    taken by position (``index_col=False``: a row with more fields than the header is an error, not
+    a shift of its fields into other columns)."""
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8", **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False, **kwargs
+            )
+    except pd.errors.ParserWarning:
+        raise LakdError(
+            f"{path}: a row has more fields than the header; quote fields that hold the separator "
+            f"({SEPARATOR_NAMES.get(sep, repr(sep))})"
+        ) from None
     except UnicodeDecodeError:
         line = _first_undecodable_line(path)
         raise LakdError(f"{path}: line {line}: not valid UTF-8 text (re-save the file as UTF-8)") from None
@@ -90,6 +102,10 @@ def open_csv(path: str, query: dict[str, str], options: SourceOptions) -> FileIm
     if csv_path.stat().st_size == 0:
         raise LakdError(f"{path}: empty file (no header, no rows)")
     sep = SEPARATOR_ALIASES.get(query["sep"], query["sep"]) if query.get("sep") else None
+    if sep is not None and len(sep) != 1:  # pandas would read a longer one as a regular expression
+        raise LakdError(
+            f"{path}: option sep={query['sep']!r} is not one character nor one of {', '.join(SEPARATOR_ALIASES)}"
+        )
     sep = sep or detect_separator(csv_path, _header_line(csv_path))
     img_key, cap_key = query.get("img_key") or "filepath", query.get("caption_key") or "title"
 
@@ -112,7 +128,9 @@ def open_csv(path: str, query: dict[str, str], options: SourceOptions) -> FileIm
         _check_inside(path, root, table[img_key])
 
     ids, captions = group_captions(table[img_key], table[cap_key])
-    return FileImageDataset(source=path, root=root, ids=ids, files=ids, captions=captions)
+    return FileImageDataset(
+        source=path, root=root, ids=ids, files=ids, captions=captions, max_image_bytes=options.max_image_bytes
+    )
 
 
 def group_captions(images: pd.Series, captions: pd.Series) -> tuple[list[str], list[str] | list[list[str]]]:

@@ -71,4 +71,5 @@ def open_image_folder(path: str, query: dict[str, str], options: SourceOptions) 
         captions=[[class_prompt(classnames[label])] for _, label in samples],
         labels=[label for _, label in samples],
         classnames=classnames,
+        max_image_bytes=options.max_image_bytes,
     )

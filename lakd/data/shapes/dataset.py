@@ -2,7 +2,8 @@
 
 Item ``i`` of a split is a pure function of ``(seed, split, i)``: its random streams come from
 ``numpy.random.SeedSequence([seed, split code, i, stream])``, so items are random-access and the
-splits (train, val, test, probes) draw from independent streams.
+splits (train, val, test, probes) draw from independent streams. Its id names all three
+(``shapes-val-s0-000012``); a split holds at most :data:`MAX_N` items.
 """
 
 from __future__ import annotations
@@ -21,8 +22,16 @@ SPLITS: tuple[str, ...] = ("train", "val", "test", "probes")
 DEFAULT_N: dict[str, int] = {"train": 10000, "val": 2000, "test": 2000, "probes": 1000}
 WORLD_STREAM, PROBE_STREAM = 0, 1
 MIN_IMAGE_SIZE = 16
+# the most items a split may have: far beyond any run (10,000 train items take 5 s to draw), and
+# small enough that nothing sized by n (a store's shard list, a progress bar) gets out of hand
+MAX_N = 100_000_000
 # zero-shot prompt templates in the world's own caption language (its captions never say "photo")
 TEMPLATES: tuple[str, ...] = ("a {c}", "a small {c}", "a large {c}", "one {c}")
+
+
+def item_id(split: str, seed: int, index: int) -> str:
+    """The id of item ``index`` of ``split`` in the world of ``seed``: ``shapes-val-s0-000012``."""
+    return f"shapes-{split}-s{seed}-{index:06d}"
 
 
 def item_rngs(seed: int, split: str, index: int, stream: int) -> tuple[np.random.Generator, ...]:
@@ -36,7 +45,7 @@ def check_options(split: str, n: int, seed: int, image_size: int, max_objects: i
     if split not in SPLITS:
         raise LakdError(f"shapes world: split {split!r} is not one of {', '.join(SPLITS)}")
     for name, value, low, high in (
-        ("n", n, 1, None),
+        ("n", n, 1, MAX_N),
         ("seed", seed, 0, 2**63 - 1),
         ("image_size", image_size, MIN_IMAGE_SIZE, 4096),
         ("max_objects", max_objects, 1, MAX_OBJECTS),
@@ -72,7 +81,8 @@ class _Split:
         return i % self.n
 
     def item_id(self, i: int) -> str:
-        return f"shapes-{self.split}-{i:06d}"
+        """``shapes-val-s0-000012``: split, seed and index, so items of other seeds never share an id."""
+        return item_id(self.split, self.seed, i)
 
 
 class ShapesWorld(_Split):

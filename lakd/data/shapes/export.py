@@ -28,7 +28,7 @@ from lakd.data.shapes.dataset import TEMPLATES, ShapesProbes, ShapesWorld
 from lakd.data.shapes.probes import PROBE_CONDITIONS
 from lakd.data.shapes.world import MAX_OBJECTS
 from lakd.errors import LakdError
-from lakd.io import atomic_dir
+from lakd.io import atomic_dir, clear_stale
 
 MARKER = "lakd_shapes.json"
 SCENES = "scenes.jsonl"
@@ -73,11 +73,17 @@ def export_shapes(
     """Write ``n`` items of ``split`` (``probes``: probe items with ``k`` negatives) to ``out_dir``.
 
     The folder is built under a temporary name and renamed when complete; an existing ``out_dir``
-    is an error unless ``overwrite``. Returns ``out_dir``.
+    is an error unless ``overwrite``, which replaces only a folder written by this function (its
+    marker file) or an empty one. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
+    clear_stale(out_dir)  # what a killed export left beside it
     if out_dir.exists() and not overwrite:
         raise LakdError(f"{out_dir}: already exists (use `overwrite` to replace it)")
+    if out_dir.exists() and not (out_dir.is_dir() and (is_shapes_folder(out_dir) or not any(out_dir.iterdir()))):
+        raise LakdError(
+            f"{out_dir}: exists and is not a shapes folder (no {MARKER}); not replacing it, even with `overwrite`"
+        )
     if split == "probes":
         data: ShapesWorld | ShapesProbes = ShapesProbes(split, n, seed, k, image_size, max_objects, noise)
     else:
@@ -179,6 +185,7 @@ class ShapesFolder:
         self.classnames: list[str] = classnames
         self.templates: tuple[str, ...] = TEMPLATES
         self.split = self.marker.get("split")
+        self.max_image_bytes = options.max_image_bytes
         self.records = _read_records(self.root, options.allow_outside_root)
         if not self.records:
             raise LakdError(f"{self.root / SCENES}: no items")
@@ -200,7 +207,7 @@ class ShapesFolder:
         record = self.records[i]
         path = self.root / record["filepath"]
         try:
-            image = load_image_file(path)
+            image = load_image_file(path, self.max_image_bytes)
         except UnreadableImage as err:
             return Skipped(id=record["id"], path=str(path), reason=str(err))
         meta = {key: value for key, value in record.items() if key not in RECORD_FIELDS}

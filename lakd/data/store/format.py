@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lakd.errors import LakdError
-from lakd.io import atomic_path
+from lakd.io import atomic_path, clear_stale
 
 FORMAT = "lakd-embeddings"
 VERSION = 1
@@ -52,6 +52,9 @@ META_NAME = "meta.json"
 SHARD_GLOB = "shard-*.safetensors"
 STORE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 IDENTITY_FIELDS = ("model", "arch", "source", "source_options", "n_source_items", "shard_size", "dtype")
+# the most shards a store may have (shard files, resume checks and meta.json grow with it):
+# 10,000-item shards hold a billion items
+MAX_SHARDS = 100_000
 RESUME_HINT = "embed again (`lakd embed`) with the same model, data and output folder to resume"
 
 
@@ -97,6 +100,12 @@ class StoreSpec:
             )
         if self.shard_size < 1:
             raise LakdError(f"shard_size: must be a positive number of items, got {self.shard_size}")
+        n_shards = -(-self.n_source_items // self.shard_size)
+        if n_shards > MAX_SHARDS:
+            raise LakdError(
+                f"shard_size: {self.n_source_items} source items in shards of {self.shard_size} make {n_shards} "
+                f"shards, more than a store holds ({MAX_SHARDS}); use a larger `shard_size`"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The fields compared when resuming, as plain JSON values."""
@@ -259,6 +268,7 @@ def is_store(path: Path) -> bool:
 def check_replaceable(out: Path, overwrite: bool) -> None:
     """Refuse to write a store at ``out`` when something is there: without ``overwrite`` anything, with
     it anything but a lakd embedding store (or an empty folder)."""
+    clear_stale(out)  # what a killed write of `out` left beside it
     if not out.exists():
         return
     if not overwrite:

@@ -88,7 +88,7 @@ class EmbeddingStore:
             if any(self.path.glob(SHARD_GLOB)):
                 raise LakdError(
                     f"{self.path / META_NAME}: missing (the folder holds shards but no meta); "
-                    "embed the data again (replacing the folder) to rebuild the store"
+                    "embed the data again into a new folder to rebuild the store"
                 )
             raise LakdError(f"{self.path}: not an embedding store (no {META_NAME})")
         if meta.get("complete") is not True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from lakd.data.store.format import (
     ShardData,
     ShardHeader,
     StoreSpec,
+    is_store,
     read_meta,
     read_shard_header,
     shard_dims,
@@ -37,15 +39,20 @@ from lakd.data.store.reader import EmbeddingStore
 from lakd.errors import LakdError
 from lakd.io import write_json
 
+STAGING = ".lakd-overwrite"  # the folder inside a store where its replacement is written
+
 
 class StoreWriter:
     """Writes a store shard by shard; resumable, and shared by ranks under torchrun.
 
-    Construction checks an existing store in ``path`` (same spec: resume; other spec: LakdError
-    unless ``overwrite``) and writes ``meta.json`` with ``complete: false``. Each rank calls
+    Construction checks ``path`` (:func:`check_out`: an existing store of the same spec is resumed,
+    one of another spec is a LakdError unless ``overwrite``; a folder that is not a lakd store is
+    never replaced) and writes ``meta.json`` with ``complete: false``. Each rank calls
     :meth:`pending` for its shards that still need computing, :meth:`write` for each, and
     :meth:`finish`, which rank 0 ends by writing the complete ``meta.json``. ``extra`` goes into
-    meta as is (``classnames``, ``options``).
+    meta as is (``classnames``, ``options``). A store replaced with ``overwrite`` stays whole until
+    the new one is complete: the new one is written in ``path/.lakd-overwrite/`` and moved in by
+    :meth:`finish` (renames only), so a failure on the way (a full disk) leaves the old store readable.
     """
 
     def __init__(
@@ -58,42 +65,48 @@ class StoreWriter:
         world_size: int = 1,
         extra: dict[str, Any] | None = None,
     ):
-        self.path = Path(path)
+        self.final = Path(path)
         self.spec = spec
         self.rank, self.world_size = rank, world_size
         self.extra = dict(extra or {})
         self.ranges = shard_ranges(spec.n_source_items, spec.shard_size)
-        if self.path.exists() and not self.path.is_dir():
-            raise LakdError(f"{self.path}: exists and is not a folder; choose another `out`")
-        if not overwrite:
-            self._check_existing()
+        check_out(self.final, spec, overwrite)
+        # a store being replaced stays whole until the new one is: the new one is written in a
+        # staging folder inside it and moved in by finish()
+        self.path = self.final / STAGING if overwrite and is_store(self.final) else self.final
         distributed.barrier()
         if rank == 0:
+            if self.path != self.final:
+                shutil.rmtree(self.path, ignore_errors=True)  # what a killed overwrite left
+                self.path.mkdir()
+            elif is_store(self.final):  # resumed: a killed overwrite's staging folder is ours to remove
+                shutil.rmtree(self.final / STAGING, ignore_errors=True)
             self._clear(everything=overwrite)
             write_json(self.path / META_NAME, self._meta(complete=False))
         distributed.barrier()
 
-    def _check_existing(self) -> None:
-        if not self.path.is_dir():
-            return
-        meta_path = self.path / META_NAME
-        try:
-            meta = read_meta(self.path)
-        except LakdError as err:
-            raise LakdError(f"{err}; use `overwrite` to replace it") from None
-        if meta is None:
-            if any(self.path.glob(SHARD_GLOB)):
-                raise LakdError(
-                    f"{self.path}: holds shard files but no {META_NAME}; use `overwrite` to replace them"
-                )
-            return
-        mine = self.spec.identity()
-        for key in IDENTITY_FIELDS:
-            if meta.get(key) != mine[key]:
-                raise LakdError(
-                    f"{meta_path}: existing store was made with {key}={meta.get(key)!r}, not {mine[key]!r}; "
-                    "use `overwrite` to replace it or choose another `out`"
-                )
+    @property
+    def staging(self) -> bool:
+        """Whether the store is written in a staging folder, to replace the one at ``final``."""
+        return self.path != self.final
+
+    def abandon(self) -> None:
+        """After a failure: remove the staging folder of a replacement (the old store is untouched;
+        an overwrite always starts afresh, so nothing of it is worth keeping)."""
+        if self.staging and self.rank == 0:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def _promote(self) -> None:
+        """Move the finished store from the staging folder over the old one: the old meta goes first
+        (so no reader pairs it with new shards), then its shards and class prompts, then the new
+        shards and meta come in. Renames only: nothing here needs disk space."""
+        (self.final / META_NAME).unlink(missing_ok=True)
+        for old in [*self.final.glob(SHARD_GLOB), self.final / CLASSES_NAME]:
+            old.unlink(missing_ok=True)
+        for new in self.path.glob(SHARD_GLOB):
+            os.replace(new, self.final / new.name)
+        os.replace(self.path / META_NAME, self.final / META_NAME)
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def _clear(self, *, everything: bool) -> None:
         """Remove leftover temporary shards; with ``everything`` also the old meta and shards."""
@@ -155,6 +168,8 @@ class StoreWriter:
             )
         if self.rank == 0:
             write_json(self.path / META_NAME, meta)
+            if self.staging:
+                self._promote()
         distributed.barrier()
         return meta
 
@@ -190,6 +205,44 @@ class StoreWriter:
         }
 
 
+def check_out(path: str | Path, spec: StoreSpec, overwrite: bool) -> None:
+    """Whether a store of ``spec`` may be written at ``path`` (cheap; :class:`StoreWriter` checks it
+    again): a new or empty folder; a store of the same spec (resumed); with ``overwrite`` any lakd
+    embedding store (recognised by the format marker of its ``meta.json``), never another folder.
+    LakdError naming the folder otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LakdError(f"{path}: exists and is not a folder; choose another `out`")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    meta_path = path / META_NAME
+    if not is_store(path):
+        if meta_path.exists():
+            raise LakdError(
+                f"{meta_path}: not a lakd embedding store meta (no format {FORMAT!r}); "
+                "not replacing it, even with `overwrite`; choose another `out`"
+            )
+        if any(path.glob(SHARD_GLOB)):
+            raise LakdError(
+                f"{path}: holds shard files but no {META_NAME}, so it is not a lakd embedding store; "
+                "not replacing them, even with `overwrite`; choose another `out`"
+            )
+        return  # other files: the store is written beside them and they are left alone
+    if overwrite:
+        return
+    try:
+        meta = read_meta(path)
+    except LakdError as err:  # a lakd store of another format version
+        raise LakdError(f"{err}; use `overwrite` to replace it") from None
+    mine = spec.identity()
+    for key in IDENTITY_FIELDS:
+        if meta.get(key) != mine[key]:
+            raise LakdError(
+                f"{meta_path}: existing store was made with {key}={meta.get(key)!r}, not {mine[key]!r}; "
+                "use `overwrite` to replace it or choose another `out`"
+            )
+
+
 def write_store(
     path: str | os.PathLike,
     image: torch.Tensor,
@@ -223,12 +276,12 @@ def write_store(
         raise LakdError("write_store: class_prompts need templates and classnames")
     spec = StoreSpec(model=model, source=source, n_source_items=n, shard_size=max(n, 1))
     writer = StoreWriter(path, spec, overwrite=overwrite, extra={"classnames": classnames, "options": {}})
-    (Path(path) / CLASSES_NAME).unlink(missing_ok=True)
     try:
         writer.write(0, ShardData(image, text, text_item, ids, captions, labels=labels))
     except ValueError as err:
         raise LakdError(f"{path}: {err}") from None
     writer.finish()
+    (Path(path) / CLASSES_NAME).unlink(missing_ok=True)  # another store's prompts
     if class_prompts is not None:
         try:
             write_class_prompts(path, ClassPrompts(class_prompts, list(classnames), list(templates), model))
