@@ -43,7 +43,7 @@ def test_demo_trains_evaluates_and_reports(demo):
     out, cache, first, second = demo
     (teacher_run,) = cache.glob("demo-teacher-*")
     assert (teacher_run / "student.pt").is_file()
-    assert "teacher: training lakd:tiny-vit" in first
+    assert f"teacher: training {TEACHER['student']['model']}" in first
     assert f"teacher: reusing the cached teacher {teacher_run}" in second and "teacher: training" not in second
     report = json.loads((out / "report" / "metrics.json").read_text())
     assert [m["name"] for m in report["models"]] == ["teacher", "none", "fd"]  # the second run's

@@ -194,6 +194,17 @@ def test_resume_continues_bit_exactly(plain_run, tmp_path):
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     assert [r["step"] for r in lines(out) if r["kind"] == "train"] == [2, 4, 6]
+    # the best checkpoint is chosen over the whole run, across the resume
+    recall = {r["step"]: r["retrieval/text_retrieval_recall@1"] for r in lines(out) if r["kind"] == "eval"}
+    best = max(sorted(recall), key=lambda step: (recall[step], -step))
+    assert RunFolder(out).pointer("best") == RunFolder(out).checkpoint(best)
+
+
+def test_cuda_device_without_cuda_is_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(LakdError, match="device: cuda is not available on this machine"):
+        train(tiny(device="cuda"), out=str(tmp_path / "r"))
 
 
 def test_nan_loss_stops_or_skips(tmp_path, monkeypatch):

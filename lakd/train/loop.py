@@ -362,6 +362,8 @@ def train(
         raise LakdError("out: give the run folder (--out DIR or out: in the config)")
     if max_steps is not None and max_steps < 1:
         raise LakdError(f"max_steps: must be positive, got {max_steps}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise LakdError(f"device: {cfg.device} is not available on this machine (no CUDA device)")
     run = RunFolder(Path(out))
     stop = min(cfg.schedule.steps, max_steps) if max_steps else cfg.schedule.steps
     with distributed.distributed(cfg.device) as context:
@@ -418,7 +420,7 @@ class _Steps:
             self.model = torch.compile(self.model)
         self.params = [p for p in task.parameters() if p.requires_grad]
         self.last_eval: dict[str, Any] = {}
-        self.best_value: float | None = None
+        self.best_value = self._saved_best() if context.is_main else None
         self.n_skipped_steps = 0
         self.n_skipped_images = 0
 
@@ -579,6 +581,15 @@ class _Steps:
             "teacher": teacher.model or teacher.store if teacher.kind != "none" else None,
             **self.last_eval,
         }
+
+    def _saved_best(self) -> float | None:
+        """The best metric of a resumed run's ``best`` checkpoint (None for a new run)."""
+        best, name = self.run.pointer("best"), self.cfg.checkpoint.best_metric
+        if best is None or not name:
+            return None
+        _, meta = read_training_checkpoint(best)
+        value = ((meta.get("lakd") or {}).get("train") or {}).get("eval", {}).get(name)
+        return float(value) if isinstance(value, int | float) else None
 
     def _is_best(self) -> bool:
         name = self.cfg.checkpoint.best_metric
