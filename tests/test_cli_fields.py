@@ -6,24 +6,30 @@ a flag that command accepts, and a field the command has no flag for stays a fie
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
+import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import typer.main
+from PIL import Image
 
 import lakd.cli as cli
 from lakd.cli import DATA_FLAGS, FIELD_FLAGS, app, config_fields, field_flag, main
+from lakd.data.shapes.export import export_shapes
 from lakd.data.store import write_store
 from lakd.data.store.whitening import WhitenApplyConfig, WhitenFitConfig
 from lakd.demo import DemoConfig
 from lakd.eval import EvalConfig
 from lakd.models.embed import EmbedConfig
 from lakd.report import ReportConfig
+from lakd.report.inputs import REPORT_FORMAT
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 N, DIM, BAD_ROWS = 40, 6, (3, 17)
@@ -93,7 +99,9 @@ def test_a_value_that_starts_a_message_is_not_taken_for_a_field(tmp_path, monkey
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("keep")
     assert main(["data", "shapes", "--out", "out", "--n", "2"]) == 1
-    assert capsys.readouterr().err == "error: out: already exists (use --overwrite to replace it)\n"
+    assert capsys.readouterr().err == (
+        "error: out: exists and is not a shapes folder (no lakd_shapes.json); not replacing it; choose another --out\n"
+    )
 
 
 def test_warnings_name_flags_too(monkeypatch):
@@ -146,7 +154,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     (root / "file.txt").write_text("a file")
     paths["file"] = root / "file.txt"
     (root / "images").mkdir()
-    (root / "secret.png").write_bytes(b"")
+    Image.new("RGB", (8, 8)).save(root / "secret.png")  # readable once --allow-outside-root lets it in
     (root / "images" / "c.csv").write_text("filepath,title\n../secret.png,a caption\n")
     paths["csv"] = root / "images" / "c.csv"
     (root / "cifar").mkdir()
@@ -155,13 +163,35 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     paths["stats"] = root / "w.safetensors"
     (root / "train.yaml").write_text("{}\n")  # every default
     paths["train"] = root / "train.yaml"
+    # folders lakd wrote, which `overwrite` replaces (so an error may advise it)
+    paths["shapes"] = export_shapes(root / "shapes", split="val", n=2, image_size=32, progress=False)
+    (root / "report").mkdir()
+    (root / "report" / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT}))
+    paths["report"] = root / "report"
+    tiny = {  # two steps of the smallest model: cheap enough to run when an error's advice is followed
+        "data": {"train": "shapes:train?n=8&image_size=32", "batch_size": 4, "workers": 0},
+        "student": {"model": "lakd:tiny-vit"},
+        "recipe": "none",
+        "schedule": {"steps": 2, "warmup": 1},
+        "eval": {"data": None, "probes": None},
+        "checkpoint": {"every": 2},
+    }
+    (root / "tiny.yaml").write_text(json.dumps(tiny))
+    paths["tiny_train"] = root / "tiny.yaml"
+    assert main(["train", str(paths["tiny_train"]), "--out", str(root / "run")]) == 0  # a finished run
+    paths["run"] = root / "run"
     return paths
 
 
 # (command path, arguments, text the error must contain); {name} is filled from ``inputs``,
 # {tmp} is a fresh folder of the test
 CASES = [
-    (("data", "shapes"), ["--out", "{taken}", "--n", "2"], "(use --overwrite to replace it)"),
+    (("data", "shapes"), ["--out", "{shapes}", "--n", "2"], "(use --overwrite to replace it)"),
+    (
+        ("data", "shapes"),
+        ["--out", "{taken}", "--n", "2"],
+        "is not a shapes folder (no lakd_shapes.json); not replacing it; choose another --out",
+    ),
     (
         ("embed",),
         ["--model", "lakd:tiny-vit", "--arch", "ViT-B-32", "--data", "shapes:val?n=2", "--out", "{tmp}/e"],
@@ -233,8 +263,19 @@ CASES = [
     ),
     (
         ("whiten", "apply"),
-        ["--embeddings", "{good}", "--stats", "{stats}", "--out", "{taken}"],
+        ["--embeddings", "{good}", "--stats", "{stats}", "--out", "{singular}"],
         "(use --overwrite to replace it)",
+    ),
+    (
+        ("whiten", "apply"),
+        ["--embeddings", "{good}", "--stats", "{stats}", "--out", "{taken}"],
+        "is not a lakd embedding store (no meta.json with format 'lakd-embeddings'); not replacing it; choose "
+        "another --out",
+    ),
+    (
+        ("whiten", "apply"),
+        ["--embeddings", "{good}", "--stats", "{stats}", "--out", "{foreign}", "--overwrite"],
+        "not replacing it, even with --overwrite; choose another --out",
     ),
     (
         ("whiten", "apply"),
@@ -251,7 +292,13 @@ CASES = [
         ["--embeddings", "{good}", "--out", "{tmp}/r", "--text-view", "some"],
         "error: --text-view: unknown 'some' (choose from paired, all)",
     ),
-    (("geometry", "report"), ["--embeddings", "{good}", "--out", "{taken}"], "(use --overwrite to replace it)"),
+    (("geometry", "report"), ["--embeddings", "{good}", "--out", "{report}"], "(use --overwrite to replace it)"),
+    (
+        ("geometry", "report"),
+        ["--embeddings", "{good}", "--out", "{taken}"],
+        "is not a lakd geometry report (no metrics.json with format lakd-geometry-report/1); not replacing it; "
+        "choose another --out",
+    ),
     (
         ("geometry", "report"),
         ["--model", "{bare}", "--data", "shapes:val?n=2", "--out", "{tmp}/r"],
@@ -265,7 +312,8 @@ CASES = [
     ),
     (("demo",), ["--out", "{taken}", "--quick"], "was not written by `lakd demo`; choose another --out"),
     (("train",), ["{train}", "--out", "{tmp}/run", "--resume", "--overwrite"], "give --resume or --overwrite, not both"),
-    (("train",), ["{train}", "--out", "{taken}"], "(use --resume to continue the run or --overwrite to replace it)"),
+    (("train",), ["{tiny_train}", "--out", "{run}"], "(use --resume to continue the run or --overwrite to replace it)"),
+    (("train",), ["{train}", "--out", "{taken}"], "not a lakd training run (no run.json with format"),
     (("train",), ["{train}", "--out", "{taken}", "--overwrite"], "not replacing it, even with --overwrite"),
 ]
 
@@ -284,6 +332,56 @@ def test_every_flag_an_error_suggests_is_a_flag_of_the_command(path, args, expec
     # a field stays a field only where the command has no flag for it
     for name in re.findall(r"`([a-z_][a-z0-9_.]*)`", lines[0]):
         assert field_flag(name) not in _options(path), lines[0]
+
+
+def _switches(path: tuple[str, ...]) -> set[str]:
+    """The command's on/off flags (``--overwrite``, ``--allow-nonfinite``, ...): advice one can follow as is."""
+    return {opt for param in _command(path).params if getattr(param, "is_flag", False) for opt in param.opts}
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = [line for line in err if not line.startswith(("embedding ", "warning: ", "training"))]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# the cases whose error advises a switch the command line does not have yet
+ADVISED = [case for case in CASES if any(f in case[2] and f not in case[1] for f in _switches(case[0]))]
+
+
+@pytest.mark.parametrize("path, args, expected", ADVISED, ids=[" ".join(c[0]) + f" {i}" for i, c in enumerate(ADVISED)])
+def test_following_an_errors_advice_gets_past_it(path, args, expected, inputs, tmp_path, capsys, monkeypatch):
+    """Each switch an error advises is run, on a fresh copy of the inputs: the command then succeeds,
+    or stops at another problem (never the same error, never "not ..., even with" the switch). The
+    network is blocked, so --download fails at once, with an error of its own."""
+
+    def unreachable(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable (blocked by the test)")
+
+    for name in ("create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, unreachable)
+    monkeypatch.setattr(socket.socket, "connect", unreachable)
+    root = inputs["root"]
+
+    def fresh(copy: Path) -> list[str]:
+        shutil.copytree(root, copy, symlinks=True)
+        names = {key: str(value).replace(str(root), str(copy)) for key, value in inputs.items()}
+        return [*path, *(arg.format(**names, tmp=str(copy / "new")) for arg in args)]
+
+    argv = fresh(tmp_path / "first")
+    assert main(argv) == 1
+    first = _error_line(capsys)
+    advised = {flag for flag in FLAG.findall(first) if flag in _switches(path) and flag not in argv}
+    assert advised, first
+    for i, switch in enumerate(sorted(advised)):
+        argv = fresh(tmp_path / f"with-{i}")
+        if main([*argv, switch]) == 0:
+            capsys.readouterr()
+            continue
+        line = _error_line(capsys)
+        assert line != first.replace(str(tmp_path / "first"), str(tmp_path / f"with-{i}")), (switch, line)
+        assert f"even with {switch}" not in line, (switch, line)
 
 
 def test_report_allow_nonfinite_drops_the_rows_and_records_the_count(inputs, tmp_path, capsys):

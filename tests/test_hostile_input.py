@@ -302,11 +302,11 @@ def test_embed_overwrite_never_replaces_a_folder_that_is_not_a_store(tmp_path, c
     out.mkdir()
     (out / "meta.json").write_text('{"my": "notes"}')
     base = ["embed", "--model", "lakd:tiny-vit", "--data", "shapes:val?n=2", "--out", str(out)]
-    for args in (base, [*base, "--overwrite"]):
+    for args, even in ((base, ""), ([*base, "--overwrite"], ", even with --overwrite")):
         assert main(args) == 1
         assert one_error_line(capsys) == (
             f"error: {out / 'meta.json'}: not a lakd embedding store meta (no format 'lakd-embeddings'); "
-            "not replacing it, even with --overwrite; choose another --out"
+            f"not replacing it{even}; choose another --out"
         )
     assert (out / "meta.json").read_text() == '{"my": "notes"}'
     (out / "meta.json").unlink()
@@ -322,9 +322,30 @@ def test_data_shapes_overwrite_never_replaces_a_folder_that_is_not_a_shapes_fold
     (out / "notes.txt").write_text("keep")
     assert main(["data", "shapes", "--out", str(out), "--n", "2", "--overwrite"]) == 1
     assert one_error_line(capsys) == (
-        f"error: {out}: exists and is not a shapes folder (no lakd_shapes.json); not replacing it, even with --overwrite"
+        f"error: {out}: exists and is not a shapes folder (no lakd_shapes.json); not replacing it, even with "
+        "--overwrite; choose another --out"
+    )
+    assert main(["data", "shapes", "--out", str(out), "--n", "2"]) == 1  # and --overwrite is not advised
+    assert one_error_line(capsys) == (
+        f"error: {out}: exists and is not a shapes folder (no lakd_shapes.json); not replacing it; choose another --out"
     )
     assert (out / "notes.txt").read_text() == "keep"
+
+
+def test_whiten_apply_never_advises_or_does_an_overwrite_of_a_folder_that_is_not_a_store(tmp_path, capsys):
+    source = _synthetic_store(tmp_path / "s", [f"caption {i}" for i in range(30)])
+    assert main(["whiten", "fit", "--embeddings", str(source), "--out", str(tmp_path / "w.safetensors")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "meta.json").write_text('{"my": "notes"}')
+    base = ["whiten", "apply", "--embeddings", str(source), "--stats", str(tmp_path / "w.safetensors"), "--out", str(out)]
+    problem = f"error: {out}: exists and is not a lakd embedding store (no meta.json with format 'lakd-embeddings')"
+    assert main(base) == 1
+    assert one_error_line(capsys) == f"{problem}; not replacing it; choose another --out"
+    assert main([*base, "--overwrite"]) == 1
+    assert one_error_line(capsys) == f"{problem}; not replacing it, even with --overwrite; choose another --out"
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json"] and (out / "meta.json").read_text() == '{"my": "notes"}'
 
 
 # ---- 8. a failed eval leaves no cache key ---------------------------------------------------------

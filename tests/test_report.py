@@ -521,10 +521,15 @@ def test_unwritable_output_is_refused_before_work(stores, tmp_path, no_work):
 def test_existing_output_needs_overwrite(stores, tmp_path, no_work):
     out = tmp_path / "report"
     out.mkdir()
-    (out / "mine.txt").write_text("keep")
+    (out / "metrics.json").write_text(json.dumps({"format": REPORT_FORMAT}))  # a report: overwrite replaces it
     with pytest.raises(LakdError, match="already exists \\(use `overwrite` to replace it\\)"):
         geometry_report(small(out, teacher=str(stores["student"])))
-    assert (out / "mine.txt").read_text() == "keep"
+    # a folder that is not a report: `overwrite` would not replace it either, so it is not advised
+    (out / "metrics.json").unlink()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(LakdError, match=r"not a lakd geometry report .*; not replacing it; choose another `out`$"):
+        geometry_report(small(out, teacher=str(stores["student"])))
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_report(stores, tmp_path, no_work):

@@ -211,15 +211,17 @@ def check_output(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> Non
     for path in inputs:
         if path.is_relative_to(out):
             raise LakdError(f"`out` {out}: contains the input {path}; write the report somewhere else")
-    if out.exists() and not overwrite:
-        raise LakdError(f"{out}: already exists (use `overwrite` to replace it)")
+    # `overwrite` replaces only a report (or an empty folder): advise it only then
+    even = ", even with `overwrite`" if overwrite else ""
     if out.exists() and not out.is_dir():
-        raise LakdError(f"{out}: exists and is not a folder")
+        raise LakdError(f"{out}: exists and is not a folder; choose another `out`")
     if out.exists() and not is_report(out) and any(out.iterdir()):
         raise LakdError(
             f"{out}: exists and is not a lakd geometry report (no {METRICS_NAME} with format "
-            f"{REPORT_FORMAT}); not replacing it, even with `overwrite`"
+            f"{REPORT_FORMAT}); not replacing it{even}; choose another `out`"
         )
+    if out.exists() and not overwrite:
+        raise LakdError(f"{out}: already exists (use `overwrite` to replace it)")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent

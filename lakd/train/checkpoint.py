@@ -98,16 +98,17 @@ class RunFolder:
                 if leftover.is_file():
                     leftover.unlink()
             return
+        if exists and not self.is_run():  # neither --resume nor --overwrite would take it: advise neither
+            even = ", even with --overwrite" if overwrite else ""
+            raise LakdError(
+                f"{self.path}: exists and is not a lakd training run (no {self.marker.name} with format "
+                f"{RUN_FORMAT}); not replacing it{even}; choose another --out"
+            )
         if exists and not overwrite:
             raise LakdError(
                 f"{self.path}: already exists (use --resume to continue the run or --overwrite to replace it)"
             )
         if exists:
-            if not self.is_run():
-                raise LakdError(
-                    f"{self.path}: exists and is not a lakd training run (no {self.marker.name} with format "
-                    f"{RUN_FORMAT}); not replacing it, even with --overwrite"
-                )
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.marker, {"format": RUN_FORMAT, "lakd_version": lakd.__version__})

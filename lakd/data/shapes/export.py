@@ -78,12 +78,14 @@ def export_shapes(
     """
     out_dir = Path(out_dir)
     clear_stale(out_dir)  # what a killed export left beside it
+    if out_dir.exists() and not (out_dir.is_dir() and (is_shapes_folder(out_dir) or not any(out_dir.iterdir()))):
+        # `overwrite` would not replace it either: advise only what works
+        even = ", even with `overwrite`" if overwrite else ""
+        raise LakdError(
+            f"{out_dir}: exists and is not a shapes folder (no {MARKER}); not replacing it{even}; choose another `out`"
+        )
     if out_dir.exists() and not overwrite:
         raise LakdError(f"{out_dir}: already exists (use `overwrite` to replace it)")
-    if out_dir.exists() and not (out_dir.is_dir() and (is_shapes_folder(out_dir) or not any(out_dir.iterdir()))):
-        raise LakdError(
-            f"{out_dir}: exists and is not a shapes folder (no {MARKER}); not replacing it, even with `overwrite`"
-        )
     if split == "probes":
         data: ShapesWorld | ShapesProbes = ShapesProbes(split, n, seed, k, image_size, max_objects, noise)
     else:

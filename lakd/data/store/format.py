@@ -271,13 +271,15 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
     clear_stale(out)  # what a killed write of `out` left beside it
     if not out.exists():
         return
-    if not overwrite:
-        raise LakdError(f"{out}: already exists (use `overwrite` to replace it)")
     if not out.is_dir() or (any(out.iterdir()) and not is_store(out)):
+        # `overwrite` would not replace it either: advise only what works
+        even = ", even with `overwrite`" if overwrite else ""
         raise LakdError(
             f"{out}: exists and is not a lakd embedding store (no {META_NAME} with format {FORMAT!r}); "
-            "not replacing it, even with `overwrite`"
+            f"not replacing it{even}; choose another `out`"
         )
+    if not overwrite:
+        raise LakdError(f"{out}: already exists (use `overwrite` to replace it)")
 
 
 @dataclass

@@ -216,16 +216,17 @@ def check_out(path: str | Path, spec: StoreSpec, overwrite: bool) -> None:
     if not path.is_dir() or not any(path.iterdir()):
         return
     meta_path = path / META_NAME
+    even = ", even with `overwrite`" if overwrite else ""  # which is never advised here: it would not help
     if not is_store(path):
         if meta_path.exists():
             raise LakdError(
                 f"{meta_path}: not a lakd embedding store meta (no format {FORMAT!r}); "
-                "not replacing it, even with `overwrite`; choose another `out`"
+                f"not replacing it{even}; choose another `out`"
             )
         if any(path.glob(SHARD_GLOB)):
             raise LakdError(
                 f"{path}: holds shard files but no {META_NAME}, so it is not a lakd embedding store; "
-                "not replacing them, even with `overwrite`; choose another `out`"
+                f"not replacing them{even}; choose another `out`"
             )
         return  # other files: the store is written beside them and they are left alone
     if overwrite:
