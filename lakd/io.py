@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,13 +35,49 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+# how safetensors reports the operating system's error: "I/O error: No space left on device (os error 28)"
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around the write of the one file ``path``: an error of the operating system's while writing it
+    (a full disk, a folder that cannot be written) leaves as an :class:`OSError` naming ``path``,
+    whichever library wrote it. Python's own writes raise one that names no file; safetensors raises a
+    ``SafetensorError`` that carries the error number in its message. Other exceptions pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
+    except Exception as err:
+        match = _OS_ERROR_NUMBER.search(str(err)) if type(err).__name__ == "SafetensorError" else None
+        if match is None:
+            raise
+        code = int(match[1])
+        raise OSError(code, os.strerror(code), str(path)) from err
+
+
+def _renamed(err: BaseException, tmp: Path, path: Path) -> OSError | None:
+    """An OSError about ``tmp`` (or a file inside the folder ``tmp``) as the same error about ``path``
+    (or the same file inside ``path``): errors name what is being written, not its temporary name."""
+    if not isinstance(err, OSError) or err.filename is None or err.errno is None:
+        return None
+    name = Path(os.fsdecode(err.filename))
+    if name != tmp and not name.is_relative_to(tmp):
+        return None
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path / name.relative_to(tmp)))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched. ``durable``:
-    fsync the file before the rename and the folder after it, so that once this returns the new
-    file survives a crash of the machine, not only of the process.
+    On an exception the temporary file is removed and ``path`` is left untouched; an OSError that
+    names the temporary file (:func:`writing`) is raised naming ``path``. ``durable``: fsync the file
+    before the rename and the folder after it, so that once this returns the new file survives a
+    crash of the machine, not only of the process.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,8 +93,11 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[P
         os.replace(tmp_path, path)
         if durable:
             fsync_path(path.parent)
-    except BaseException:
+    except BaseException as err:
         tmp_path.unlink(missing_ok=True)
+        renamed = _renamed(err, tmp_path, path)
+        if renamed is not None:
+            raise renamed from err
         raise
 
 
@@ -155,20 +195,23 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
             old.rmdir()
             raise
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        renamed = _renamed(err, tmp, path)
+        if renamed is not None:
+            raise renamed from err
         raise
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, durable: bool = False) -> None:
     """Write ``obj`` as indented JSON, atomically (``durable``: see :func:`atomic_path`)."""
-    with atomic_path(path, durable=durable) as tmp:
+    with atomic_path(path, durable=durable) as tmp, writing(tmp):
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
     """Write ``text`` atomically (UTF-8; ``durable``: see :func:`atomic_path`)."""
-    with atomic_path(path, durable=durable) as tmp:
+    with atomic_path(path, durable=durable) as tmp, writing(tmp):
         tmp.write_text(text, encoding="utf-8")
 
 

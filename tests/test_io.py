@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -78,3 +79,31 @@ def test_atomic_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkeypat
     monkeypatch.undo()
     assert (out / "old").read_text() == "kept" and not (out / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_write_is_an_os_error_naming_the_file_it_was_to_become(tmp_path):
+    from safetensors import SafetensorError
+
+    from lakd.io import writing
+
+    target = tmp_path / "out.bin"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # Python's write: no file name
+    with pytest.raises(OSError) as err, atomic_path(target) as tmp, writing(tmp):
+        raise full
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(target))
+    with pytest.raises(PermissionError) as err, atomic_path(target) as tmp, writing(tmp):
+        raise SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)")
+    assert (err.value.errno, err.value.filename) == (errno.EACCES, str(target))
+    # inside a folder written atomically: the file it was to become, in the final folder
+    with pytest.raises(OSError) as err, atomic_dir(tmp_path / "report") as folder:
+        write_json(folder / "sub" / "metrics.json", {"a": 1})
+        with atomic_path(folder / "sub" / "page.html") as tmp, writing(tmp):
+            raise full
+    assert err.value.filename == str((tmp_path / "report" / "sub" / "page.html").resolve())
+    # errors that are not about the file being written pass as they are
+    other = OSError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.csv"))
+    for error in (other, SafetensorError("invalid header"), ValueError("x")):
+        with pytest.raises(type(error)) as err, atomic_path(target) as tmp, writing(tmp):
+            raise error
+        assert err.value is error
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -33,7 +33,7 @@ from lakd import __version__
 from lakd.analysis.inputs import ArrayLike, ChunkSource, as_float64
 from lakd.analysis.moments import Moments, ReservoirSample, numerical_rank, sorted_eigh
 from lakd.errors import LakdError
-from lakd.io import atomic_paths, file_sha256
+from lakd.io import atomic_paths, file_sha256, writing
 
 FORMAT = "lakd-whitening/1"
 
@@ -127,9 +127,11 @@ class WhiteningStats:
     def _write(self, tensor_file: Path, sidecar_file: Path) -> None:
         """The tensor file and its sidecar, at the (temporary) names given."""
         tensors = {"mu": self.mu, "W": self.W, "eigenvalues": self.eigenvalues}
-        save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, tensor_file)
+        with writing(tensor_file):
+            save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, tensor_file)
         sidecar = {**self.metadata(), "tensors_sha256": file_sha256(tensor_file)}
-        sidecar_file.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        with writing(sidecar_file):
+            sidecar_file.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> WhiteningStats:

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 import lakd
 from lakd.errors import LakdError
-from lakd.io import atomic_dir, atomic_path, atomic_paths, file_sha256, write_json
+from lakd.io import atomic_dir, atomic_path, atomic_paths, file_sha256, write_json, writing
 from lakd.models.build import finish, model_from_cfg, resolve_arch, set_preprocess_cfg, tokenizer_for
 from lakd.models.safe_load import StateDict, load_weights, read_checkpoint, sidecar_path
 
@@ -137,8 +137,32 @@ def _write_torch(
     path: Path, state_dict: StateDict, record: dict[str, Any], parts: dict[str, StateDict], *, durable: bool
 ) -> None:
     tensors = {f"{name}_state_dict": part for name, part in parts.items()}
-    with atomic_path(path, durable=durable) as tmp:
-        torch.save({"state_dict": state_dict, **tensors, **record}, tmp)
+    with atomic_path(path, durable=durable) as tmp, writing(tmp), open(tmp, "wb") as f:
+        file = _KeepWriteError(f)
+        try:
+            torch.save({"state_dict": state_dict, **tensors, **record}, file)
+        except RuntimeError:
+            if file.error is not None:  # torch reports a failed write as a RuntimeError of its own
+                raise file.error from None
+            raise
+
+
+class _KeepWriteError:
+    """A binary file for ``torch.save`` that keeps the OSError of a write that failed (a full disk):
+    torch turns it into a RuntimeError ("unexpected pos ...") that says nothing of the disk."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 @register_writer(".safetensors")
@@ -155,7 +179,8 @@ def _write_safetensors(
             _save_weights(tmp, part)
             record["lakd"][name]["file"] = file.name
         record["lakd"]["weights_sha256"] = _save_weights(tmps[len(files)], state_dict)
-        tmps[-1].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        with writing(tmps[-1]):
+            tmps[-1].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _save_weights(path: Path, state_dict: StateDict) -> str:
@@ -163,7 +188,8 @@ def _save_weights(path: Path, state_dict: StateDict) -> str:
     tensors = {
         key: value.contiguous().clone() for key, value in state_dict.items()
     }  # clone: no shared storage
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    with writing(path):
+        save_file(tensors, str(path), metadata={"format": "pt"})
     return file_sha256(path)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lakd.io import atomic_path
+from lakd.io import atomic_path, writing
 from lakd.report.pairwise import AlignmentView
 from lakd.report.series import Label, Points
 from lakd.report.views import (
@@ -312,7 +312,7 @@ def save_figure(
         (draw or DRAW[info.name])(fig, view)
         fig.suptitle(info.title, fontsize=9)
         path = folder / f"{info.name}.png"
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, writing(tmp):
             fig.savefig(tmp, format="png", dpi=DPI)
     return path
 

@@ -36,6 +36,7 @@ from lakd.errors import LakdError
 from lakd.eval.results import json_safe
 from lakd.eval.templates import source_templates
 from lakd.eval.zeroshot import embed_class_prompts
+from lakd.io import writing
 from lakd.models import export_local_dir, load_model, save_checkpoint
 from lakd.models.checkpoint import unwrap
 from lakd.train.checkpoint import (
@@ -134,7 +135,7 @@ class MetricsLog:
         return any(_kind_of(line) == kind for line in self.path.read_text(encoding="utf-8").splitlines())
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(json_safe(record)) + "\n")
 
 

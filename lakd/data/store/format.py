@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lakd.errors import LakdError
-from lakd.io import atomic_path, clear_stale
+from lakd.io import atomic_path, clear_stale, writing
 
 FORMAT = "lakd-embeddings"
 VERSION = 1
@@ -182,7 +182,7 @@ def write_shard(
         "ids": json.dumps(list(shard.ids)),
         "captions": json.dumps(list(shard.captions)),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(tmp):
         save_file(tensors, str(tmp), metadata=metadata)
 
 
@@ -312,7 +312,7 @@ def write_class_prompts(store_path: str | Path, prompts: ClassPrompts) -> Path:
         "model": prompts.model or "",
     }
     tensors = {"prompts": prompts.embeddings.detach().to("cpu", torch.float32).contiguous()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(tmp):
         save_file(tensors, str(tmp), metadata=metadata)
     return path
 
