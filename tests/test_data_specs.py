@@ -6,6 +6,7 @@ import pytest
 
 from lakd.cli import DataFlags
 from lakd.data import open_source
+from lakd.data.base import MAX_IMAGE_BYTES
 from lakd.data.sources import (
     SOURCE_KINDS,
     DataSpec,
@@ -88,13 +89,15 @@ def test_reader_options_come_from_the_spec(tmp_path):
 
 def _flags(**values):
     base = {"image_root": None, "csv_img_key": None, "csv_caption_key": None, "csv_sep": None}
-    return DataFlags({**base, "download": False, "allow_outside_root": False, **values})
+    return DataFlags({**base, "download": False, "allow_outside_root": False, "max_image_bytes": MAX_IMAGE_BYTES, **values})
 
 
 def test_cli_flags_are_aliases_that_fill_the_spec():
     flags = _flags(image_root="imgs", csv_img_key="image", allow_outside_root=True)
     assert flags.spec("c.csv") == "c.csv?root=imgs&img_key=image"
     assert flags.options.allow_outside_root and not flags.options.download
+    assert flags.options.max_image_bytes == MAX_IMAGE_BYTES == 64 * 1024 * 1024
+    assert _flags(max_image_bytes=1000).options.max_image_bytes == 1000
     assert _flags().spec("shapes:val") == "shapes:val"
     with pytest.raises(LakdError, match="--image-root: only used with --data"):
         _flags(image_root="imgs").spec(None)

@@ -606,16 +606,16 @@ def test_analysis_error_names_the_model_and_its_store(tmp_path, capsys):
     from lakd.data.store import write_store
 
     store = tmp_path / "tiny"
-    write_store(
+    write_store(  # all-zero image rows: no cosine
         store,
-        torch.randn(2, 4),
+        torch.zeros(4, 4),
         model="m",
         source="s",
-        text=torch.randn(2, 4),
-        text_item=torch.arange(2),
-        captions=["a", "b"],
+        text=torch.randn(4, 4),
+        text_item=torch.arange(4),
+        captions=["a", "b", "c", "d"],
     )
     assert main(["geometry", "report", "--embeddings", str(store), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: tiny ({store})") and len(err.splitlines()) == 1
+    assert err == f"error: tiny ({store}): image: 4 row(s) are all zeros (first at row 0); cosine is undefined"
     assert not (tmp_path / "r").exists()

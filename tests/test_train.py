@@ -267,11 +267,18 @@ def test_store_of_other_items_is_refused(tmp_path):
     cfg = tiny(teacher={"kind": "cached", "store": str(short)}, recipe="fd")
     with pytest.raises(LakdError, match=r"lacks 28 of the 48 training items .*\(first: shapes-train-s0-000020"):
         train(cfg, out=str(tmp_path / "run"))
+    # another seed: other items, whose ids name the seed
+    seeded = tmp_path / "seeded"
+    embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=48&image_size=32&seed=5", out=str(seeded)))
+    cfg = tiny(teacher={"kind": "cached", "store": str(seeded)}, recipe="fd")
+    with pytest.raises(LakdError, match=r"lacks 48 of the 48 training items .*\(first: shapes-train-s0-000000"):
+        train(cfg, out=str(tmp_path / "run2"), overwrite=True)
+    # the same ids with other scenes (one object at most): the captions tell them apart
     other = tmp_path / "other"
-    embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=48&image_size=32&seed=5", out=str(other)))
+    embed(EmbedConfig(model="lakd:tiny-resnet", data="shapes:train?n=48&image_size=32&max_objects=1", out=str(other)))
     cfg = tiny(teacher={"kind": "cached", "store": str(other)}, recipe="fd")
     with pytest.raises(LakdError, match="in the store but .* in the training data; embed the training data again"):
-        train(cfg, out=str(tmp_path / "run2"), overwrite=True)
+        train(cfg, out=str(tmp_path / "run3"), overwrite=True)
 
 
 def test_teacher_requirements_are_checked_before_training(teacher_store, tmp_path):
