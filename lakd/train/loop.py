@@ -286,12 +286,12 @@ def _text_anchors(cfg: TrainConfig, teacher: Encoder | None, source, device: str
 
 
 def _check_resumable(run: RunFolder, cfg: TrainConfig) -> None:
-    saved = load_yaml(run.config)
+    saved = load_yaml(run.config_file)
     now = to_mapping(cfg)
     for key in RESUME_FIXED:
         if saved.get(key) != now.get(key):
             raise LakdError(
-                f"{run.config}: the run was made with another {key} section ({saved.get(key)!r}); "
+                f"{run.config_file}: the run was made with another {key} section ({saved.get(key)!r}); "
                 f"resume with the same configuration (now {now.get(key)!r})"
             )
 
@@ -378,7 +378,7 @@ def train(
             if resume:
                 _check_resumable(run, cfg)
             else:
-                dump_yaml(cfg, run.config)
+                dump_yaml(cfg, run.config_file)
         distributed.barrier()
         setup = build(cfg, context.device, run, is_main=context.is_main)
         task = setup.task
@@ -474,7 +474,7 @@ class _Steps:
 
     def loop(self, start: int, stop: int) -> None:
         cfg, context = self.cfg, self.context
-        self.log = MetricsLog(self.run.metrics, resume_step=start if start else None) if context.is_main else None
+        self.log = MetricsLog(self.run.metrics_file, resume_step=start if start else None) if context.is_main else None
         tracker = self._tracker() if context.is_main else None
         if start >= stop:
             if context.is_main:
