@@ -6,11 +6,10 @@
         --cache-dir /tmp/lakdcache --work runs/shapes-sweep --results experiments/results
     python experiments/shapes/sweep.py --table               # the README table from the summary CSV
 
-1. The teacher is exactly ``lakd demo``'s (:func:`lakd.demo.teacher_run` with seed 0), trained once
-   and cached under ``--cache-dir`` (the demo's cache: a teacher the demo trained is reused); its
-   embeddings of the training data (:func:`lakd.models.embed.cached_embed`, beside the cached
-   teacher, as the demo does) and its whitening statistics
-   (:func:`lakd.data.store.whitening.fit_store_whitening`, into ``WORK/whitening``).
+1. The teacher is exactly ``lakd demo``'s (:func:`lakd.demo.prepare_teacher` with seed 0), trained
+   once and cached under ``--cache-dir`` (the demo's cache: a teacher the demo trained is reused),
+   with its embeddings of the students' training data (beside the cached teacher) and its whitening
+   statistics (into ``WORK/whitening``).
 2. For each seed and recipe, a student with the demo's student settings and that seed
    (:func:`lakd.demo.student_config`; the same step budget for every run), trained by
    :func:`lakd.train.train` into ``WORK/<recipe>-seed<s>``. A finished run with the same
@@ -58,7 +57,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 import lakd  # noqa: E402
-from lakd.demo import RECIPES, DemoConfig, final_eval, student_config, teacher_run  # noqa: E402
+from lakd.demo import RECIPES, DemoConfig, final_eval, prepare_teacher, student_config  # noqa: E402
 from lakd.errors import LakdError  # noqa: E402
 from lakd.io import atomic_path, write_json  # noqa: E402
 
@@ -305,9 +304,9 @@ def _finished(run: Path, cfg) -> bool:
     from lakd.train.loop import RESUME_FIXED
 
     folder = RunFolder(run)
-    if not (folder.is_run() and folder.student.is_file() and folder.config.is_file() and folder.metrics.is_file()):
+    if not (folder.is_run() and folder.student.is_file() and folder.config_file.is_file() and folder.metrics_file.is_file()):
         return False
-    saved, now = load_yaml(folder.config), to_mapping(cfg)
+    saved, now = load_yaml(folder.config_file), to_mapping(cfg)
     if any(saved.get(key) != now.get(key) for key in RESUME_FIXED):
         return False
     try:
@@ -326,8 +325,8 @@ def _train_student(cfg, run: Path, echo: Callable[[str], None]) -> str:
     if _finished(run, cfg):
         return "reused"
     folder = RunFolder(run)
-    same = folder.is_run() and folder.config.is_file() and all(
-        load_yaml(folder.config).get(key) == to_mapping(cfg).get(key) for key in RESUME_FIXED
+    same = folder.is_run() and folder.config_file.is_file() and all(
+        load_yaml(folder.config_file).get(key) == to_mapping(cfg).get(key) for key in RESUME_FIXED
     )
     resume = same and bool(folder.steps())
     train(cfg, out=str(run), resume=resume, overwrite=folder.is_run() and not resume, echo=echo)
@@ -342,9 +341,6 @@ def _row(model: str, recipe: str, seed: int | None, run: Path, evaluation: dict[
 
 def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """Run the sweep (module docstring); returns the files written by kind."""
-    from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
-    from lakd.models.embed import cached_embed
-
     unknown = [r for r in opts.recipes if r not in RECIPES]
     if unknown:
         raise LakdError(f"recipes: unknown {', '.join(unknown)} (choose from {', '.join(RECIPES)})")
@@ -361,18 +357,11 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> dict[s
     def demo(seed: int) -> DemoConfig:
         return DemoConfig(seed=seed, cache_dir=opts.cache_dir, quick=opts.quick, device=opts.device)
 
-    # 1. the teacher, its embeddings of the training data and its whitening statistics
+    # 1. the teacher, its embeddings of the students' training data and its whitening statistics
     t0 = time.time()
-    teacher_cfg = demo(0)
-    teacher = teacher_run(teacher_cfg, echo)
-    from lakd.demo import teacher_config
-
-    train_data = teacher_config(teacher_cfg).data.train
-    store = cached_embed(str(teacher / "student.pt"), train_data, teacher / "embeddings", device=opts.device)
-    whitening = work / "whitening" / "teacher.safetensors"
-    fit_store_whitening(WhitenFitConfig(str(store.path), str(whitening)))
+    prepared = prepare_teacher(demo(0), work / "whitening" / "teacher.safetensors", echo)
+    teacher, store, whitening = prepared.run, prepared.store, prepared.whitening
     teacher_seconds = time.time() - t0
-    echo(f"teacher: {teacher}; embeddings {store.path} ({store.n_items} images); whitening {whitening.parent}")
 
     # 2. the students, seed by seed so that an interrupted sweep has whole seeds
     rows = [_row("teacher", "teacher", None, teacher, final_eval(teacher))]
