@@ -5,8 +5,9 @@ cosine between pooled vectors cannot represent basic content, attribute binding,
 and negation together, and score an image-text pair instead from its dense cosine similarity map
 (DCSM): the cosine of every image patch with every text token, read by a small CNN.
 
-- :func:`similarity_maps` / :func:`pairwise_maps`: the map S[p, t] = <patch_p, token_t> of unit
-  token features (:mod:`lakd.models.tokens`), [P, L] per pair, zero at masked (padding) tokens.
+- :func:`~lakd.models.tokens.similarity_maps` / :func:`~lakd.models.tokens.pairwise_maps`
+  (defined beside the token features, so the ``dense`` distillation loss shares them): the map
+  S[p, t] = <patch_p, token_t> of unit token features, [P, L] per pair, zero at masked tokens.
 - :class:`DenseHead`: the map as an image of L channels (one per token position) over the patch grid
   (gh x gw), two 3x3 convolutions of ``width`` channels with ReLU, an average pool to at most 4 x 4
   cells, then an MLP (``width * cells`` -> ``width`` -> 1): one score per pair.
@@ -31,29 +32,9 @@ from torch import nn
 from lakd.data import SourceOptions
 from lakd.errors import LakdError
 from lakd.eval.probes import probe_choices, probe_conditions, probe_metrics, score_choices
+from lakd.models.tokens import pairwise_maps, similarity_maps
 
 MAX_CELLS = 4  # the pooled grid is at most MAX_CELLS x MAX_CELLS
-
-
-# ---- maps ------------------------------------------------------------------------------------
-
-
-def similarity_maps(patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Paired maps: ``patches`` [K, P, d], ``tokens`` [K, L, d], ``mask`` [K, L] -> [K, P, L],
-    S[k, p, t] = <patches[k, p], tokens[k, t]>, 0 where ``mask[k, t]`` is False."""
-    if patches.shape[0] != tokens.shape[0] or patches.shape[-1] != tokens.shape[-1]:
-        raise LakdError(f"dense maps: patches {tuple(patches.shape)} do not pair with tokens {tuple(tokens.shape)}")
-    maps = torch.einsum("kpd,ktd->kpt", patches, tokens)
-    return maps * mask[:, None, :].to(maps.dtype)
-
-
-def pairwise_maps(patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Every image with every text: ``patches`` [N, P, d], ``tokens`` [M, L, d], ``mask`` [M, L]
-    -> [N, M, P, L] (row n, column m: image n with text m)."""
-    if patches.shape[-1] != tokens.shape[-1]:
-        raise LakdError(f"dense maps: patch dim {patches.shape[-1]} differs from token dim {tokens.shape[-1]}")
-    maps = torch.einsum("npd,mtd->nmpt", patches, tokens)
-    return maps * mask[None, :, None, :].to(maps.dtype)
 
 
 # ---- the head --------------------------------------------------------------------------------

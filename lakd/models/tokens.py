@@ -16,6 +16,10 @@ text) is a one-line :class:`LakdError` naming the model: it has no patch tokens 
 The text mask marks the tokenizer's tokens up to and including the end-of-text token (the pooled
 position), from the token ids: never from whitespace, so a word split into several sub-word tokens
 has several positions.
+
+Maps (pure functions on token features, shared by ``lakd eval --task dense-probes`` and the
+``dense`` distillation loss): :func:`similarity_maps` / :func:`pairwise_maps`, the cosine of every
+patch with every text token, and :func:`resample_maps`, a map moved onto another patch grid.
 """
 
 from __future__ import annotations
@@ -156,6 +160,44 @@ def text_tokens(model, ids: torch.Tensor) -> TextTokens:
     mask = text_mask(ids, pool_type, eos_id, pad_id)
     tokens = F.normalize(projected, dim=-1) * mask[..., None]
     return TextTokens(tokens, mask, pooled_positions(ids, pool_type, eos_id), pooled)
+
+
+# ---- maps ------------------------------------------------------------------------------------
+
+
+def similarity_maps(patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Paired maps: ``patches`` [K, P, d], ``tokens`` [K, L, d], ``mask`` [K, L] -> [K, P, L],
+    S[k, p, t] = <patches[k, p], tokens[k, t]>, 0 where ``mask[k, t]`` is False."""
+    if patches.shape[0] != tokens.shape[0] or patches.shape[-1] != tokens.shape[-1]:
+        raise LakdError(f"dense maps: patches {tuple(patches.shape)} do not pair with tokens {tuple(tokens.shape)}")
+    maps = torch.einsum("kpd,ktd->kpt", patches, tokens)
+    return maps * mask[:, None, :].to(maps.dtype)
+
+
+def pairwise_maps(patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Every image with every text: ``patches`` [N, P, d], ``tokens`` [M, L, d], ``mask`` [M, L]
+    -> [N, M, P, L] (row n, column m: image n with text m)."""
+    if patches.shape[-1] != tokens.shape[-1]:
+        raise LakdError(f"dense maps: patch dim {patches.shape[-1]} differs from token dim {tokens.shape[-1]}")
+    maps = torch.einsum("npd,mtd->nmpt", patches, tokens)
+    return maps * mask[None, :, None, :].to(maps.dtype)
+
+
+def resample_maps(maps: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Maps [K, P, L] over the patch grid ``grid`` (raster order, P = gh * gw) -> [K, P', L] over
+    the grid ``size``: each token's map is an image of gh x gw values, resized by bilinear
+    interpolation (half-pixel centres, ``align_corners=False``; antialiased when shrinking: the
+    triangle filter widens with the scale, so every cell of the larger grid counts). Unchanged when
+    the grids are equal."""
+    k, p, t = maps.shape
+    if p != grid[0] * grid[1]:
+        raise LakdError(f"dense maps: {p} patches do not fill a {grid[0]} x {grid[1]} grid")
+    if tuple(grid) == tuple(size):
+        return maps
+    image = maps.transpose(1, 2).reshape(k, t, *grid)
+    shrinking = size[0] < grid[0] or size[1] < grid[1]
+    image = F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
+    return image.reshape(k, t, size[0] * size[1]).transpose(1, 2)
 
 
 def check_dense_model(model) -> None:

@@ -38,6 +38,7 @@ from lakd.eval.templates import source_templates
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.models import export_local_dir, load_model, save_checkpoint
 from lakd.models.checkpoint import unwrap
+from lakd.models.tokens import check_dense_model
 from lakd.train.checkpoint import (
     RunFolder,
     newest_checkpoint,
@@ -207,11 +208,18 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
     if recipe.needs_teacher and teacher_cfg.kind == "none":
         raise LakdError(f"recipe: {_recipe_name(cfg)} needs a teacher (set teacher.kind to cached or online)")
     if teacher_cfg.kind == "cached" and (recipe.needs_online_teacher or cfg.data.augment != "none"):
-        why = "data.augment" if cfg.data.augment != "none" else "a term of the recipe"
+        online_terms = [term for term, loss in recipe.losses.items() if loss.needs_online_teacher]
+        why = (
+            "data.augment"
+            if cfg.data.augment != "none"
+            else f"the recipe's term(s) {', '.join(repr(t) for t in online_terms)}"
+        )
         raise LakdError(
             f"teacher.kind: {why} needs the teacher's features of this step's own images, which a cached "
             "store cannot give; use teacher.kind=online"
         )
+    if "student_dense" in recipe.required_fields:
+        _check_dense(recipe, model, tokenizer, teacher if teacher_cfg.kind == "online" else None)
     needed = recipe.required_fields if teacher_cfg.kind != "none" else set()
     scale = None
     if cached is not None:
@@ -253,6 +261,28 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
         None if online is None or same_tokenizer(tokenizer, teacher.tokenizer) else teacher.tokenizer,
     )
     return Setup(task, Encoder(model, preprocess, tokenizer), teacher, source, collate, whitening_file)
+
+
+def _check_dense(recipe: Recipe, model, tokenizer, teacher: Encoder | None) -> None:
+    """Token-map terms need ViT towers on both sides and the shared tokenizer (one error line each)."""
+    terms = ", ".join(repr(term) for term, loss in recipe.losses.items() if "student_dense" in loss.required_fields())
+    for key, who in (("student.model", model), ("teacher.model", teacher.model if teacher else None)):
+        if who is not None:
+            try:
+                check_dense_model(who)
+            except LakdError as err:
+                raise LakdError(f"{key}: the recipe's term(s) {terms} need token features: {err}") from None
+    if teacher is not None and not same_tokenizer(tokenizer, teacher.tokenizer):
+        raise LakdError(
+            f"teacher.model: the recipe's term(s) {terms} align token maps through the shared tokenizer, but the "
+            f"teacher's tokenizer ({_tokenizer_name(teacher.tokenizer)}) differs from the student's "
+            f"({_tokenizer_name(tokenizer)})"
+        )
+
+
+def _tokenizer_name(tokenizer) -> str:
+    name = getattr(tokenizer, "tokenizer_name", None) or type(tokenizer).__name__
+    return f"{name}, context length {getattr(tokenizer, 'context_length', '?')}"
 
 
 def _recipe_name(cfg: TrainConfig) -> str:
