@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import random
 import statistics
 import time
@@ -36,8 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import machine_info
 
-import lakd
 from lakd.analysis import fit_whitening
 from lakd.distill import MODALITIES, NAMED_RECIPES, DenseFeatures, Recipe, StudentWithHeads
 from lakd.distill.heads import embed_dim_of
@@ -50,20 +49,6 @@ STUDENT = "lakd:tiny-vit"
 TEACHER_GRID = (14, 14)  # the teacher token features of ``dense``
 # shipped recipes, plus MFD (one extra masked pass of the image tower) for reference
 RECIPES: dict[str, Any] = dict(NAMED_RECIPES) | {"clip+mfd": {"clip": 1.0, "mfd": 1.0}}
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "lakd": lakd.__version__,
-    }
 
 
 def clip_like_features(n: int, dim: int, offset: float, generator: torch.Generator) -> torch.Tensor:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -60,11 +59,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
+from machine import load_averages, machine_info
 
-import lakd
 from lakd.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,30 +82,6 @@ CONFIGS = ("lakd_plain", "open_clip_plain", "bare_loop", "lakd_cached_fd", "lakd
 POLL_S = 0.1
 TICKS = os.sysconf("SC_CLK_TCK")
 OPEN_CLIP_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+ .*?Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+),")
-
-
-def load_averages() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count, library versions and platform (as the other benchmark scripts record them)."""
-    import open_clip
-    import PIL
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1_5_15min": load_averages(),
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "lakd": lakd.__version__,
-    }
 
 
 def tree_cpu_seconds(pid: int) -> float:
