@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "analysis_speed.json"
 
@@ -300,22 +299,6 @@ def run_isolated(name: str, args: argparse.Namespace) -> dict[str, Any]:
     result = queue.get()
     process.join()
     return result
-
-
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    import lakd
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "lakd": lakd.__version__,
-    }
 
 
 def main() -> None:

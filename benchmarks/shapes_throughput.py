@@ -13,41 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL
 import torch
+from machine import machine_info
 from torch.utils.data import DataLoader
 
-import lakd
 from lakd.data.base import Item
 from lakd.data.shapes import ShapesWorld
 from lakd.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shapes_throughput.json"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count, library versions and platform, so results from different machines can be compared."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine lowers the rates
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "lakd": lakd.__version__,
-    }
 
 
 def collate_items(items: list[Item]) -> tuple[torch.Tensor, list[str]]:

@@ -417,7 +417,11 @@ def eval_run(
     ] = None,
     task: Annotated[
         str,
-        typer.Option("--task", help="zeroshot, retrieval, probes, or all (every task the data supports)."),
+        typer.Option(
+            "--task",
+            help="zeroshot, retrieval, probes, dense-probes (a head on token-by-patch maps), or all "
+            "(every task the data supports but dense-probes).",
+        ),
     ] = "all",
     out: Annotated[
         Path | None, typer.Option("--out", help="Result JSON; may contain {task} for one file per task.")
@@ -442,6 +446,16 @@ def eval_run(
     allow_nonfinite: Annotated[
         bool, typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows (with a count) instead of failing.")
     ] = False,
+    head_width: Annotated[
+        int | None, typer.Option("--head-width", min=1, help="dense-probes: the head's channels (128).")
+    ] = None,
+    head_steps: Annotated[
+        int | None, typer.Option("--head-steps", min=1, help="dense-probes: the head's training steps (300).")
+    ] = None,
+    head_data: Annotated[
+        str | None,
+        typer.Option("--head-data", help="dense-probes: probes to train the head on (shapes:probes?n=1000&seed=1)."),
+    ] = None,
     data_flags: DataFlags | None = None,
 ) -> None:
     """Evaluate a model (or an embedding store); `lakd eval table` merges result files into a CSV."""
@@ -470,6 +484,11 @@ def eval_run(
             "cache_dir": str(cache_dir) if cache_dir else None,
             "allow_nonfinite": allow_nonfinite,
             "source_options": data_flags.source_options,
+            "dense": {
+                key: value
+                for key, value in {"head_width": head_width, "head_steps": head_steps, "head_data": head_data}.items()
+                if value is not None
+            },
         },
     )
     records = evaluate(cfg)

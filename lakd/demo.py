@@ -5,7 +5,7 @@
    ``experiments/shapes/teacher.yaml`` (:data:`TEACHER`), or reused from the cache
    (``~/.cache/lakd`` or ``cache_dir``; keyed by its configuration and lakd's version; a reused
    teacher is printed as such, a killed one resumed).
-3. The teacher's embeddings of the training data, once (an embedding store beside the cached
+3. The teacher's embeddings of the students' training data, once (an embedding store beside the cached
    teacher), and its whitening statistics.
 4. Students of a smaller config (``lakd:micro-mobilenet``) distilled from the cached embeddings with the
    same seed and step budget for each recipe (``none``, ``fd``, ``whitened_fd``, ``clip_kd``,
@@ -43,23 +43,23 @@ TEACHER: dict[str, Any] = {
     "student": {"model": "lakd:tiny-resnet"},
     "recipe": "none",
     "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
-    "schedule": {"steps": 1500, "warmup": 100},
-    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 500},
+    "schedule": {"steps": 800, "warmup": 80},
+    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 400},
     "track": {"sample_size": 512},
-    "checkpoint": {"every": 500, "keep_last": 2},
+    "checkpoint": {"every": 400, "keep_last": 2},
     "log_every": 20,
     "seed": 0,
 }
 # experiments/shapes/distill.yaml without its teacher section (filled in by the demo)
 STUDENT: dict[str, Any] = {
-    "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1},
+    "data": {"train": "shapes:train?n=4000", "batch_size": 64, "caption": "random", "workers": 1},
     "student": {"model": "lakd:micro-mobilenet"},
     "recipe": "fd",
     "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
-    "schedule": {"steps": 400, "warmup": 40},
-    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 400},
+    "schedule": {"steps": 150, "warmup": 15},
+    "eval": {"data": "shapes:val?n=512", "probes": "shapes:probes?n=200", "every": 150},
     "track": {"sample_size": 512},
-    "checkpoint": {"every": 400, "keep_last": 1},
+    "checkpoint": {"every": 150, "keep_last": 1},
     "log_every": 20,
     "seed": 0,
 }
@@ -180,10 +180,35 @@ class DemoResult:
     table: Any
 
 
-def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo (module docstring) and return what it wrote."""
+@dataclass
+class DemoTeacher:
+    """The cached teacher: its run folder and final checkpoint, its embedding store of the students'
+    training data (beside it in the cache) and its whitening statistics."""
+
+    run: Path
+    checkpoint: Path
+    store: Any
+    whitening: Path
+
+
+def prepare_teacher(cfg: DemoConfig, whitening: Path, echo: Callable[[str], None] = print) -> DemoTeacher:
+    """The teacher (:func:`teacher_run`), its cached store of the students' training data and its
+    whitening statistics fitted into ``whitening`` (cheap; fitted on every call)."""
     from lakd.data.store.whitening import WhitenFitConfig, fit_store_whitening
     from lakd.models.embed import cached_embed
+    from lakd.train import load_train_config
+
+    run = teacher_run(cfg, echo)
+    checkpoint = run / "student.pt"
+    data = load_train_config(mapping={**STUDENT, "recipe": "none"}, overrides=_overrides(cfg, "student")).data.train
+    store = cached_embed(str(checkpoint), data, run / "embeddings", device=cfg.device)
+    fit_store_whitening(WhitenFitConfig(str(store.path), str(whitening)))
+    echo(f"teacher embeddings: {store.path} ({store.n_items} images, {store.n_texts} captions); whitening {whitening.parent}")
+    return DemoTeacher(run, checkpoint, store, whitening)
+
+
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo (module docstring) and return what it wrote."""
     from lakd.report import ReportConfig, geometry_report
     from lakd.report.diagnosis import format_diagnosis
     from lakd.train import train
@@ -198,19 +223,13 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         f"shapes world: training {teacher_cfg.data.train}, evaluation {teacher_cfg.eval.data}, "
         f"probes {teacher_cfg.eval.probes} (generated on the fly, seed {cfg.seed})"
     )
-
-    run = teacher_run(cfg, echo)
-    teacher = run / "student.pt"
-    store = cached_embed(str(teacher), teacher_cfg.data.train, run / "embeddings", device=cfg.device)
-    whitening = fit_store_whitening(
-        WhitenFitConfig(str(store.path), str(out / "whitening" / "teacher.safetensors"))
-    )
-    echo(f"teacher embeddings: {store.path} ({store.n_items} images, {store.n_texts} captions); whitening {whitening['image'].parent}")
+    prepared = prepare_teacher(cfg, out / "whitening" / "teacher.safetensors", echo)
+    run, teacher = prepared.run, prepared.checkpoint
 
     students: dict[str, Path] = {}
     for recipe in cfg.recipes:
         student_cfg = student_config(
-            cfg, recipe, store=store.path, teacher=teacher, whitening=out / "whitening" / "teacher.safetensors"
+            cfg, recipe, store=prepared.store.path, teacher=teacher, whitening=prepared.whitening
         )
         echo(f"student {recipe}: {student_cfg.student.model}, {student_cfg.schedule.steps} steps")
         students[recipe] = train(student_cfg, out=str(out / "runs" / recipe), echo=echo)

@@ -47,8 +47,10 @@ SHIPPED_LOSSES = {
     "gap",
     "relational",
     "rise_relative",
+    "dense",
 }
-FEATURE_ONLY_LOSSES = sorted(SHIPPED_LOSSES - {"mfd"})  # mfd re-encodes images: tests/test_distill_mfd.py
+# mfd re-encodes images (tests/test_distill_mfd.py); dense reads token features (tests/test_dense_loss.py)
+FEATURE_ONLY_LOSSES = sorted(SHIPPED_LOSSES - {"mfd", "dense"})
 STUDENT_DIM, TEACHER_DIM, N = 8, 12, 16
 
 
@@ -538,10 +540,11 @@ def test_recipe_total_is_the_weighted_sum_of_logged_terms():
 
 
 def test_named_recipes():
-    assert set(NAMED_RECIPES) == {"none", "clip_kd", "fd", "whitened_fd", "geometry"}
+    assert set(NAMED_RECIPES) == {"none", "clip_kd", "fd", "whitened_fd", "geometry", "dense"}
     assert NAMED_RECIPES["clip_kd"] == {"clip": 1.0, "crd": 1.0, "icl": 1.0, "fd_clipkd": 2000.0}
     assert set(NAMED_RECIPES["geometry"]) == {"clip", "whitened_fd", "conformity", "gap"}
-    for name in NAMED_RECIPES:
+    assert NAMED_RECIPES["dense"] == {"clip": 1.0, "fd": 1.0, "dense": 1.0}  # its batch: tests/test_dense_loss.py
+    for name in set(NAMED_RECIPES) - {"dense"}:
         batch = random_batch()
         output = Recipe.named(name, student_dim=STUDENT_DIM, teacher_dim=TEACHER_DIM)(batch)
         assert set(output.terms) == set(NAMED_RECIPES[name])

@@ -81,7 +81,7 @@ def test_recipe_clamps_the_logit_scales_of_all_its_terms():
 
 
 BATCH_DEPENDENT = {"clip", "crd", "gd", "icl", "afd", "conformity", "shell", "gap", "relational"}
-PER_ITEM = {"fd", "fd_clipkd", "mfd", "whitened_fd", "rise_relative"}
+PER_ITEM = {"fd", "fd_clipkd", "mfd", "whitened_fd", "rise_relative", "dense"}
 
 
 def test_every_loss_says_whether_it_compares_items_across_the_batch():

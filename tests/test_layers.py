@@ -18,7 +18,7 @@ import lakd
 
 ROOT = Path(lakd.__file__).parent
 ENTRY_POINTS = ("lakd.cli", "lakd.demo")
-BASE = ("lakd.errors", "lakd.io", "lakd.config", "lakd.distributed")
+BASE = ("lakd.errors", "lakd.io", "lakd.config", "lakd.distributed", "lakd.runs")
 # package -> what its modules never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "lakd.analysis": (

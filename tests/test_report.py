@@ -111,7 +111,7 @@ def metrics_of(report: Path) -> dict:
 
 def test_both_renderers_draw_every_figure():
     assert set(DRAW) == set(BUILD) == set(VIEWS) == {info.name for info in FIGURES}
-    assert len(FIGURES) == 8
+    assert len(FIGURES) == 9
 
 
 def test_both_renderers_draw_each_figure_from_one_view(pair, tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_both_renderers_draw_each_figure_from_one_view(pair, tmp_path, monkeypat
     monkeypatch.setattr(build, "figure_views", build_once)
     build.write_report(ReportData(data.models, data.labels, dict(data.meta)), tmp_path)
     assert len(built) == 1
-    assert list(built[0]) == list(FIGURES)
+    assert list(built[0]) == [info for info in FIGURES if not info.dense]  # stores: no dense maps
     for info, view in built[0].items():
         assert received["png"][info.name] is view and received["html"][info.name] is view, info.name
 
@@ -143,8 +143,8 @@ def test_both_renderers_draw_each_figure_from_one_view(pair, tmp_path, monkeypat
 def test_two_model_report_writes_every_file(pair):
     assert sorted(p.name for p in pair.iterdir()) == ["figures", "metrics.csv", "metrics.json", "report.html"]
     pngs = {p.stem: p for p in (pair / "figures").glob("*.png")}
-    assert set(pngs) == {info.name for info in FIGURES}
-    for info in FIGURES:
+    assert set(pngs) == {info.name for info in FIGURES if not info.dense}
+    for info in (info for info in FIGURES if not info.dense):
         assert pngs[info.name].stat().st_size > 10_000
         with Image.open(pngs[info.name]) as image:
             assert image.format == "PNG"
@@ -152,7 +152,8 @@ def test_two_model_report_writes_every_file(pair):
             # not blank: the figure has ink in many colours
             assert len(image.convert("RGB").getcolors(1 << 20)) > 20
     assert pixel_size(FIGURES[0]) == (1050, 630)  # 7 x 4.2 in at 150 dpi: a two-column paper figure
-    assert metrics_of(pair)["figures"] == [f"figures/{info.name}.png" for info in FIGURES]
+    assert metrics_of(pair)["figures"] == [f"figures/{info.name}.png" for info in FIGURES if not info.dense]
+    assert "given as embeddings" in metrics_of(pair)["dense_maps"]["skipped"]
 
 
 def test_metrics_json_is_the_source_of_truth(pair, stores):

@@ -17,7 +17,8 @@ from lakd.config import load_yaml
 from lakd.errors import LakdError
 from lakd.models.embed import EmbedConfig, embed
 from lakd.report import ReportConfig, geometry_report
-from lakd.report.run import RUN_FORMAT, STEP_FILE, Run, run_entries, select_steps
+from lakd.report.run import run_entries, select_steps
+from lakd.runs import RunFolder
 from lakd.train import checkpoint as train_checkpoint
 from lakd.train import load_train_config, train
 
@@ -60,10 +61,11 @@ def metrics_of(report: Path) -> dict:
 
 
 def test_the_layout_is_the_trainers(run, tmp_path):
-    assert RUN_FORMAT == train_checkpoint.RUN_FORMAT and STEP_FILE.pattern == train_checkpoint.STEP_FILE.pattern
-    for folder in (run, tmp_path):
-        assert Run(folder).is_run() == train_checkpoint.RunFolder(folder).is_run()
-    assert Run(run).steps() == train_checkpoint.RunFolder(run).steps() == [2, 4, 6]
+    assert issubclass(train_checkpoint.RunFolder, RunFolder)  # one layout, the trainer adds the write side
+    made = train_checkpoint.RunFolder(tmp_path / "made")
+    assert not RunFolder(made.path).is_run()
+    made.prepare(resume=False, overwrite=False)
+    assert RunFolder(made.path).check().steps() == [] and RunFolder(run).steps() == [2, 4, 6]
 
 
 def test_report_of_a_run(run, tmp_path, capsys):
@@ -101,7 +103,7 @@ def test_report_of_a_run(run, tmp_path, capsys):
 
 
 def test_checkpoint_selection(run, tmp_path):
-    folder = Run(run)
+    folder = RunFolder(run)
     assert select_steps(folder, None) == [2, 4, 6]
     assert select_steps(folder, "all") == [2, 4, 6]
     assert select_steps(folder, "6,2") == [2, 6]
@@ -111,10 +113,10 @@ def test_checkpoint_selection(run, tmp_path):
         select_steps(folder, "last")
     two = variant(run, tmp_path / "two")
     (two / "checkpoints" / "step_000004.pt").unlink()
-    assert select_steps(Run(two), None) == [2, 6]  # first and last: the middle of two is the first
+    assert select_steps(RunFolder(two), None) == [2, 6]  # first and last: the middle of two is the first
     shutil.rmtree(two / "checkpoints")
     with pytest.raises(LakdError, match=r"two/checkpoints: no checkpoint files \(step_NNNNNN.pt\) in the run"):
-        select_steps(Run(two), None)
+        select_steps(RunFolder(two), None)
 
 
 def test_teacher_from_the_eval_store_or_none(run, tmp_path):

@@ -127,7 +127,7 @@ def test_data_order_is_a_function_of_seed_and_step():
 def test_run_folder(plain_run):
     run = RunFolder(plain_run)
     assert run.is_run() and run.student.is_file() and (run.local_dir / "open_clip_config.json").is_file()
-    assert load_train_config(run.config) == tiny()
+    assert load_train_config(run.config_file) == tiny()
     records = lines(plain_run)
     recall = {r["step"]: r["retrieval/text_retrieval_recall@1"] for r in records if r["kind"] == "eval"}
     best = 6 if recall[6] > recall[3] else 3  # the first of equals stays the best

@@ -18,8 +18,8 @@ from lakd.cli import main
 from lakd.errors import LakdError
 from lakd.report.curves import curve_views
 from lakd.report.figures import pixel_size
-from lakd.report.run import Run
 from lakd.report.table import format_value
+from lakd.runs import RunFolder
 from lakd.train import load_train_config, train
 
 TRAIN = "shapes:train?n=48&image_size=32"
@@ -96,7 +96,7 @@ def test_plain_run(plain_run):
     assert paths[0] == plain_run / "training.html"
     assert [p.stem for p in paths[1:]] == PLAIN_FIGURES
     assert all(p.parent == plain_run / "plots" for p in paths[1:])
-    views = curve_views(Run(plain_run).records())
+    views = curve_views(RunFolder(plain_run).records())
     for info, path in zip(views, paths[1:], strict=True):
         check_png(path, info)
     page = paths[0].read_text()
@@ -134,7 +134,7 @@ def test_teacher_values_are_reference_lines(teacher_run, capsys):
     printed = capsys.readouterr().out.split()
     assert printed[0] == str(teacher_run / "training.html") and len(printed) == 9
     teacher = next(r for r in records(teacher_run) if r["kind"] == "teacher")
-    views = {info.name: view for info, view in curve_views(Run(teacher_run).records()).items()}
+    views = {info.name: view for info, view in curve_views(RunFolder(teacher_run).records()).items()}
     assert list(views) == [*PLAIN_FIGURES[:4], *PLAIN_FIGURES[5:], "alignment"]
     offset = next(p for p in views["geometry_image"].panels if p.title == "offset ratio").curves[0]
     assert offset.teacher == teacher["geometry/image.offset_ratio"]

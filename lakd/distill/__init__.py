@@ -11,13 +11,15 @@ ranks when ``recipe.wants_gather``) or an explicit ``gather``.
 
 Families: :mod:`~lakd.distill.contrastive` (clip, icl, afd), :mod:`~lakd.distill.logits` (crd,
 gd), :mod:`~lakd.distill.feature` (fd, fd_clipkd, mfd, whitened_fd), :mod:`~lakd.distill.geometry`
-(conformity, shell, gap), :mod:`~lakd.distill.relational` (relational, rise_relative);
+(conformity, shell, gap), :mod:`~lakd.distill.relational` (relational, rise_relative),
+:mod:`~lakd.distill.dense` (dense: token-by-patch maps, needs an online teacher);
 learned logit scales: :mod:`~lakd.distill.scale`.
 """
 
-from lakd.distill import contrastive, feature, geometry, logits, relational  # noqa: F401  (register losses)
+from lakd.distill import contrastive, dense, feature, geometry, logits, relational  # noqa: F401  (register losses)
 from lakd.distill.batch import MODALITIES, DistillBatch
 from lakd.distill.contrastive import infonce, infonce_gradients
+from lakd.distill.dense import DenseFeatures, encode_dense
 from lakd.distill.heads import ProjectionHeads, StudentWithHeads, load_student_with_heads
 from lakd.distill.recipe import NAMED_RECIPES, Recipe, RecipeOutput, available_recipes
 from lakd.distill.registry import DistillLoss, FeatureDims, available_losses, build_loss, register_loss
@@ -25,6 +27,7 @@ from lakd.distill.registry import DistillLoss, FeatureDims, available_losses, bu
 __all__ = [
     "MODALITIES",
     "NAMED_RECIPES",
+    "DenseFeatures",
     "DistillBatch",
     "DistillLoss",
     "FeatureDims",
@@ -35,6 +38,7 @@ __all__ = [
     "available_losses",
     "available_recipes",
     "build_loss",
+    "encode_dense",
     "infonce",
     "infonce_gradients",
     "load_student_with_heads",

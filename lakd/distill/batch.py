@@ -3,7 +3,7 @@
 It holds raw (pre-L2-normalisation) pooled features of the student [N, d_s] and the teacher
 [N, d_t] for both modalities, the logit scales, and what individual losses need besides
 (projection heads, teacher whitening statistics, the student model and its images for MFD,
-labels and text anchors for RISE-style terms). Derived views are computed once per batch and
+labels and text anchors for RISE-style terms, token features of both models for ``dense``). Derived views are computed once per batch and
 cached: normalised features (``*_hat``), student features projected into the teacher's dim
 (``projected``), and both. Teacher tensors are always detached: the teacher is never trained.
 """
@@ -24,6 +24,7 @@ from lakd.errors import LakdError
 
 if TYPE_CHECKING:
     from lakd.analysis.whitening import WhiteningStats
+    from lakd.distill.dense import DenseFeatures
     from lakd.distill.heads import ProjectionHeads
 
 MODALITIES = ("image", "text")
@@ -38,6 +39,8 @@ class DistillBatch:
     the teacher's :class:`~lakd.analysis.whitening.WhiteningStats`. ``images`` [n, 3, H, W] are
     the student's preprocessed images (this rank's rows only). ``labels`` [N] (int) and
     ``text_anchors`` ([K, d_t] shared or [C, K, d_t] per class) serve ``rise_relative``.
+    ``student_dense`` / ``teacher_dense`` (:class:`~lakd.distill.dense.DenseFeatures`, this rank's
+    rows only) serve ``dense``.
     ``gather`` maps this rank's rows of a tensor to the global batch; :meth:`gathered` sets it.
     """
 
@@ -53,6 +56,8 @@ class DistillBatch:
     images: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     text_anchors: torch.Tensor | None = None
+    student_dense: DenseFeatures | None = None
+    teacher_dense: DenseFeatures | None = None
     gather: Callable[[torch.Tensor], torch.Tensor] = distributed.keep_rows
     _cache: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
@@ -165,7 +170,8 @@ class DistillBatch:
 
         Features and labels are gathered with gradients for the local slice
         (:func:`~lakd.distributed.gather_rows`); ``images`` stay local and losses that
-        encode them (MFD) gather their outputs with ``batch.gather``.
+        encode them (MFD) gather their outputs with ``batch.gather``. The token features
+        (``student_dense``, ``teacher_dense``) stay local too: ``dense`` is a per-item term.
         """
         if distributed.world_size() == 1:
             return self

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lakd.distill.batch import MODALITIES, DistillBatch
+from lakd.distill.dense import encode_dense
 from lakd.distill.masking import check_masking, encode_masked_images
 from lakd.errors import LakdError
 from lakd.models.checkpoint import load_checkpoint_with_parts
@@ -115,8 +116,14 @@ class StudentWithHeads(nn.Module):
         mask_ratio: float | None = None,
         mask_seed: int | None = None,
         fallback: str = "pixel",
-    ) -> dict[str, torch.Tensor]:
+        dense: bool = False,
+    ) -> dict[str, Any]:
         """Raw features of ``images`` and ``texts`` and the exp'd logit scale.
+
+        With ``dense=True`` the same single pass also gives the token features (ViT towers only,
+        :func:`~lakd.distill.dense.encode_dense`) as ``outputs["dense"]``, a
+        :class:`~lakd.distill.dense.DenseFeatures` for the ``dense`` loss; the pooled features are
+        those of the plain forward.
 
         With ``mask_ratio`` in (0, 1) the image features are of a masked view of the images
         (:func:`~lakd.distill.masking.encode_masked_images`: patch dropout for ViT towers, pixel
@@ -124,6 +131,16 @@ class StudentWithHeads(nn.Module):
         [KD]'s masked feature distillation in a single pass, where these features feed every
         term of the recipe (docs/losses.md).
         """
+        if dense:
+            if mask_ratio is not None:
+                raise LakdError("student forward: dense token features of a masked view are not supported")
+            image_features, text_features, features = encode_dense(self.student, images, texts)
+            return {
+                "image_features": image_features,
+                "text_features": text_features,
+                "logit_scale": self.student.logit_scale.exp(),
+                "dense": features,
+            }
         if mask_ratio is None:
             image_features = self.student.encode_image(images, normalize=False)
         else:
@@ -147,8 +164,11 @@ class StudentWithHeads(nn.Module):
         self, outputs: dict[str, torch.Tensor], images: torch.Tensor | None = None, **fields: Any
     ) -> DistillBatch:
         """A :class:`~lakd.distill.batch.DistillBatch` from ``outputs`` of this wrapper's forward
-        (called directly or through DDP), with the heads, the bare student and ``images`` filled in
-        for losses that need them; ``fields`` are the teacher's features and the other batch fields."""
+        (called directly or through DDP), with the heads, the bare student, ``images`` and the
+        student's token features (``outputs["dense"]``, when the forward gave them) filled in for
+        losses that need them; ``fields`` are the teacher's features and the other batch fields."""
+        if outputs.get("dense") is not None:
+            fields = {"student_dense": outputs["dense"], **fields}
         return DistillBatch(
             student_image=outputs["image_features"],
             student_text=outputs["text_features"],

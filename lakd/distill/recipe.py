@@ -34,6 +34,8 @@ NAMED_RECIPES: dict[str, dict[str, Any]] = {
     "fd": {"clip": 1.0, "fd": 1.0},
     "whitened_fd": {"clip": 1.0, "whitened_fd": 1.0},
     "geometry": {"clip": 1.0, "whitened_fd": 1.0, "conformity": 1.0, "gap": 1.0},
+    # fd plus the teacher's token-by-patch maps (needs an online ViT teacher with the student's tokenizer)
+    "dense": {"clip": 1.0, "fd": 1.0, "dense": 1.0},
 }
 
 
@@ -141,7 +143,7 @@ class Recipe(nn.Module):
 
     @classmethod
     def named(cls, name: str, **kwargs: Any) -> Recipe:
-        """A shipped recipe by name: ``none``, ``clip_kd``, ``fd``, ``whitened_fd``, ``geometry``."""
+        """A shipped recipe by name: ``none``, ``clip_kd``, ``fd``, ``whitened_fd``, ``geometry``, ``dense``."""
         return cls.from_config(name, **kwargs)
 
     @property

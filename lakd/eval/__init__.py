@@ -1,5 +1,6 @@
-"""Evaluation: zero-shot classification, image-text retrieval and compositional probes, with results
-in clip_benchmark's format (``lakd eval``)."""
+"""Evaluation: zero-shot classification, image-text retrieval and compositional probes (also scored
+by a head on token-by-patch maps, :mod:`lakd.eval.dense`), with results in clip_benchmark's format
+(``lakd eval``)."""
 
 from lakd.eval.evaluate import EvalConfig, evaluate
 from lakd.eval.inputs import EvalInputs, load_inputs

@@ -3,7 +3,8 @@
 The model is read either as embeddings (``embeddings``: a store written by ``lakd embed`` or
 :func:`~lakd.data.store.write_store`, with class prompts beside it) or as a model spec run
 over ``data``; a model's embeddings go to a cache store beside ``out`` (``eval-cache/``) and are
-reused by every task and by later runs. Results are written in clip_benchmark's format
+reused by every task and by later runs. ``dense-probes`` reads the model itself (token features,
+:mod:`lakd.eval.dense`) and no store. Results are written in clip_benchmark's format
 (:mod:`lakd.eval.results`).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from lakd.data import SourceOptions
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
+from lakd.eval.dense import DenseContext, DenseOptions
 from lakd.eval.inputs import EvalInputs, load_inputs, store_source
 from lakd.eval.results import result_record, write_results
 from lakd.eval.tasks import select_tasks, task_by_name
@@ -31,12 +33,15 @@ class EvalConfig:
     """Arguments of :func:`evaluate` (the CLI's ``lakd eval`` options).
 
     Exactly one of ``model`` (with ``data``) and ``embeddings``. ``task``: ``zeroshot``,
-    ``retrieval``, ``probes`` or ``all`` (every task the data supports). ``out``: result file (may
+    ``retrieval``, ``probes``, ``dense-probes`` or ``all`` (every task the data supports, but
+    ``dense-probes``). ``out``: result file (may
     contain ``{task}``); None writes nothing. ``teacher`` (a model spec, run over the same data) or
     ``teacher_embeddings`` (a store of the same items) adds teacher-agreement metrics.
     ``templates``: a template file (default: the data's own, :func:`~lakd.eval.templates.source_templates`). ``cache_dir`` defaults to
     ``eval-cache`` beside ``out``. ``allow_nonfinite``: drop NaN/Inf rows of the stores (with a count)
-    instead of failing; the student's and the teacher's must still hold the same items.
+    instead of failing; the student's and the teacher's must still hold the same items. ``dense``: the
+    learned head of ``dense-probes`` (:class:`~lakd.eval.dense.DenseOptions`; that task needs ``model``,
+    not ``embeddings``).
     """
 
     model: str | None = None
@@ -53,6 +58,7 @@ class EvalConfig:
     cache_dir: str | None = None
     allow_nonfinite: bool = False
     source_options: SourceOptions = field(default_factory=SourceOptions)
+    dense: DenseOptions = field(default_factory=DenseOptions)
 
 
 def _check(cfg: EvalConfig) -> None:
@@ -66,7 +72,12 @@ def _check(cfg: EvalConfig) -> None:
         raise LakdError("give either `teacher` or `teacher_embeddings`, not both")
     if cfg.batch_size < 1:
         raise LakdError(f"batch_size: must be positive, got {cfg.batch_size}")
-    task_by_name(cfg.task)  # unknown task names fail before any work
+    task = task_by_name(cfg.task)  # unknown task names fail before any work
+    if task is not None and task.run_model is not None:
+        if cfg.model is None:
+            raise LakdError(f"`task` {task.name}: needs `model` (token features are not in an embedding store)")
+        if cfg.teacher or cfg.teacher_embeddings:
+            raise LakdError(f"`task` {task.name}: no teacher agreement; evaluate the teacher as its own `model`")
 
 
 def _cache_root(cfg: EvalConfig) -> Path:
@@ -161,6 +172,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     ``metrics``, ``language``) plus ``lakd`` details.
     """
     _check(cfg)
+    task = task_by_name(cfg.task)
+    if task is not None and task.run_model is not None:
+        return _evaluate_model_task(cfg, task)
     templates = load_templates(cfg.templates) if cfg.templates else None
     store, inputs = _student(cfg, templates)
     tasks = select_tasks(cfg.task, inputs)
@@ -185,3 +199,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict]:
     if cfg.out:
         write_results(cfg.out, list(records.values()))
     return records
+
+
+def _evaluate_model_task(cfg: EvalConfig, task) -> dict[str, dict]:
+    """A task that reads the model itself (``dense-probes``): no embedding store, no teacher."""
+    context = DenseContext(cfg.model, cfg.data, cfg.dense, cfg.arch, cfg.device, cfg.batch_size, cfg.source_options)
+    result = task.run_model(context)
+    details = {"task": task.name, **result.details, "embeddings": None, "teacher": None}
+    record = result_record(task.benchmark, cfg.data, cfg.model, result.metrics, details, arch=cfg.arch)
+    if cfg.out:
+        write_results(cfg.out, [record])
+    return {task.name: record}

@@ -42,24 +42,33 @@ def probe_choices(image: torch.Tensor, text: torch.Tensor, text_item: torch.Tens
     among its rows; ``text_item`` [M] each caption's image row. Every item needs >= 2 captions."""
     if image.shape[1] != text.shape[1]:
         raise LakdError(f"probes: image dim {image.shape[1]} differs from text dim {text.shape[1]}")
-    n = image.shape[0]
     text_item = text_item.to(image.device)
-    rows = torch.arange(text.shape[0], device=image.device)
-    n_captions = torch.zeros(n, dtype=torch.int64, device=image.device).index_add_(
+    sims = (F.normalize(image.float(), dim=-1)[text_item] * F.normalize(text.float(), dim=-1)).sum(dim=1)
+    return score_choices(sims, text_item, image.shape[0])
+
+
+def score_choices(scores: torch.Tensor, text_item: torch.Tensor, n: int) -> ProbeChoices:
+    """Score probes from any per-caption score (the cosine, a learned head's score): ``scores`` [M]
+    each caption's score against its own image, ``text_item`` [M] that image's row among ``n``,
+    each item's true caption first among its rows. Every item needs >= 2 captions."""
+    device = scores.device
+    text_item = text_item.to(device)
+    rows = torch.arange(scores.shape[0], device=device)
+    n_captions = torch.zeros(n, dtype=torch.int64, device=device).index_add_(
         0, text_item, torch.ones_like(text_item)
     )
     if bool((n_captions < 2).any()):
         bad = int((n_captions < 2).sum())
         raise LakdError(f"probes: {bad} item(s) have fewer than 2 captions (a true one and a false one)")
-    sims = (F.normalize(image.float(), dim=-1)[text_item] * F.normalize(text.float(), dim=-1)).sum(dim=1)
-    best = torch.full((n,), -torch.inf, device=image.device).scatter_reduce(0, text_item, sims, reduce="amax")
-    first = torch.full((n,), text.shape[0], device=image.device).scatter_reduce(
+    sims = scores.float()
+    best = torch.full((n,), -torch.inf, device=device).scatter_reduce(0, text_item, sims, reduce="amax")
+    first = torch.full((n,), scores.shape[0], device=device).scatter_reduce(
         0, text_item, rows, reduce="amin"
     )
     at_best = sims == best[text_item]
-    n_tied = torch.zeros(n, device=image.device).index_add_(0, text_item, at_best.float())
-    chosen = torch.full((n,), text.shape[0], device=image.device).scatter_reduce(
-        0, text_item, torch.where(at_best, rows, text.shape[0]), reduce="amin"
+    n_tied = torch.zeros(n, device=device).index_add_(0, text_item, at_best.float())
+    chosen = torch.full((n,), scores.shape[0], device=device).scatter_reduce(
+        0, text_item, torch.where(at_best, rows, scores.shape[0]), reduce="amin"
     )
     true_wins = sims[first] == best
     score = torch.where(true_wins, 1.0 / n_tied, torch.zeros_like(n_tied))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lakd.errors import LakdError
+from lakd.eval.dense import DenseContext, run_dense_probes
 from lakd.eval.inputs import EvalInputs
 from lakd.eval.probes import probe_choices, probe_metrics
 from lakd.eval.retrieval import retrieval_metrics, retrieval_ranks
@@ -33,13 +34,19 @@ class TaskResult:
 @dataclass(frozen=True)
 class Task:
     """``name`` (lakd's), ``benchmark`` (clip_benchmark's task name), ``unavailable(inputs)`` -> why it
-    cannot run (None if it can), ``in_all(inputs)`` -> whether ``task="all"`` runs it, ``run``."""
+    cannot run (None if it can), ``in_all(inputs)`` -> whether ``task="all"`` runs it, ``run``.
+
+    A task with ``run_model`` needs the model itself, not only its embeddings (token features):
+    :func:`~lakd.eval.evaluate.evaluate` calls ``run_model(context)`` with a
+    :class:`~lakd.eval.dense.DenseContext` instead of reading a store, and never runs it in ``all``.
+    """
 
     name: str
     benchmark: str
     unavailable: Callable[[EvalInputs], str | None]
     in_all: Callable[[EvalInputs], bool]
     run: Callable[[EvalInputs, EvalInputs | None], TaskResult]
+    run_model: Callable[[DenseContext], TaskResult] | None = None
 
 
 TASKS: dict[str, Task] = {}
@@ -188,6 +195,38 @@ register_task(
         run_probes,
     )
 )
+
+
+# ---- dense probes: a learned head on token-by-patch maps (lakd.eval.dense) -------------------
+
+
+def _dense_needs_model(inputs: EvalInputs, teacher: EvalInputs | None) -> TaskResult:
+    raise LakdError("dense-probes: needs the model (token features), not only its embeddings")
+
+
+def run_dense(context: DenseContext) -> TaskResult:
+    metrics, details = run_dense_probes(context)
+    details = {
+        **details,
+        "protocol": (
+            "each probe image against its true caption and its hard negatives, scored by a head "
+            "trained on token-by-patch similarity maps of other probe items (acc, acc_<condition>) "
+            "and by the pooled cosine (pooled_acc, pooled_acc_<condition>); ties as in probes"
+        ),
+    }
+    return TaskResult(metrics, details)
+
+
+register_task(
+    Task(
+        "dense-probes",
+        "dense_image_caption_selection",
+        _probes_unavailable,
+        lambda inputs: False,
+        _dense_needs_model,
+        run_model=run_dense,
+    )
+)
 TASK_CHOICES = (*TASKS, "all")
 
 
@@ -212,7 +251,9 @@ def select_tasks(name: str, inputs: EvalInputs) -> list[Task]:
     tasks = [task for task in TASKS.values() if task.in_all(inputs)]
     if not tasks:
         reasons = "; ".join(
-            f"{t.name}: {t.unavailable(inputs) or 'captions are class prompts'}" for t in TASKS.values()
+            f"{t.name}: {t.unavailable(inputs) or 'captions are class prompts'}"
+            for t in TASKS.values()
+            if t.run_model is None
         )
         raise LakdError(f"`task` all: no task applies to {inputs.source} ({reasons})")
     return tasks

@@ -6,6 +6,7 @@
 - :mod:`~lakd.models.checkpoint` / :mod:`~lakd.models.safe_load`: checkpoints without unpickling code.
 - :mod:`~lakd.models.build`: open_clip models from configs, tokenizers, lakd's shipped configs.
 - :mod:`~lakd.models.encode`: the encode loop (images and captions -> raw features).
+- :mod:`~lakd.models.tokens`: patch and text token features in the joint space (dense alignment).
 
 Names are imported on first use, so ``lakd.models.specs`` stays cheap to import. The shipped configs
 are registered with open_clip as ``lakd-NAME`` by :func:`register_lakd_configs`, which every

@@ -22,6 +22,8 @@ from lakd.data import SourceOptions
 from lakd.data.store import EmbeddingStore
 from lakd.errors import LakdError
 from lakd.io import atomic_dir, atomic_path, write_json, write_text
+from lakd.report.dense import PROBES as DENSE_PROBES
+from lakd.report.dense import dense_examples
 from lakd.report.diagnosis import diagnose
 from lakd.report.figures import save_figures
 from lakd.report.html import render_page
@@ -247,8 +249,10 @@ def assemble(
     if len(inputs) > 1:
         recipes = {entry.name: recipe_of(entry) for entry in inputs}
         meta["diagnosis"] = diagnose(results, reference, recipes)
+    dense = dense_examples(inputs, cfg.device)
+    meta["dense_maps"] = {"probes": DENSE_PROBES, "skipped": dense.reason or None}
     labels = row_labels(first, cfg.text_view)
-    return ReportData(models=models, labels=labels, meta=meta)
+    return ReportData(models=models, labels=labels, meta=meta, dense=dense)
 
 
 def describe_model(entry: ModelInput, store: EmbeddingStore, root: Path) -> dict:

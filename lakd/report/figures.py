@@ -22,6 +22,7 @@ from lakd.report.pairwise import AlignmentView
 from lakd.report.series import Label, Points
 from lakd.report.views import (
     ConformityView,
+    DenseMapsView,
     DistributionsView,
     EllipsoidsView,
     FigureInfo,
@@ -285,6 +286,21 @@ def draw_tsne(fig: Figure, view: TsneView) -> None:
         ax.legend(loc="best", markerscale=2)
 
 
+def draw_dense_maps(fig: Figure, view: DenseMapsView) -> None:
+    axes = _panels(fig, len(view.panels), max_columns=view.columns)
+    image = None
+    for ax, panel in zip(axes, view.panels, strict=True):
+        image = ax.imshow(
+            panel.values, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-view.limit, vmax=view.limit
+        )
+        ax.set_title(f"{panel.title}\n{panel.caption}", fontsize=7)
+        ax.set_yticks(range(len(panel.tokens)), panel.tokens, fontsize=5)
+        ax.set_xticks([])
+        ax.set_xlabel(f"patches ({panel.grid[0]} x {panel.grid[1]}, raster order)", fontsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="cosine")
+
+
 DRAW: dict[str, Callable[[Figure, object], None]] = {
     "ellipsoids": draw_ellipsoids,
     "shell": draw_shell,
@@ -294,6 +310,7 @@ DRAW: dict[str, Callable[[Figure, object], None]] = {
     "normality": draw_normality,
     "alignment": draw_alignment,
     "tsne": draw_tsne,
+    "dense_maps": draw_dense_maps,
 }
 
 

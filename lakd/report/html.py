@@ -25,6 +25,7 @@ from lakd.report.series import Points, Series, Steps
 from lakd.report.table import format_value
 from lakd.report.views import (
     ConformityView,
+    DenseMapsView,
     DistributionsView,
     EllipsoidsView,
     FigureInfo,
@@ -291,6 +292,32 @@ def build_tsne(view: TsneView) -> go.Figure:
     return fig
 
 
+def build_dense_maps(view: DenseMapsView) -> go.Figure:
+    rows = max(1, -(-len(view.panels) // view.columns))
+    titles = [ptext(f"{panel.title}: {panel.caption}") for panel in view.panels]
+    fig = make_subplots(rows, view.columns, subplot_titles=titles, vertical_spacing=0.08)
+    for k, panel in enumerate(view.panels):
+        row, column = divmod(k, view.columns)
+        fig.add_trace(
+            go.Heatmap(
+                z=panel.values,
+                y=[f"{t} ({i})" for i, t in enumerate(panel.tokens)],
+                zmin=-view.limit,
+                zmax=view.limit,
+                colorscale="RdBu",
+                reversescale=True,
+                showscale=k == 0,
+                colorbar={"title": "cosine"},
+                hovertemplate="token %{y}<br>patch %{x}<br>cosine %{z:.3f}<extra></extra>",
+            ),
+            row + 1,
+            column + 1,
+        )
+        fig.update_yaxes(autorange="reversed", row=row + 1, col=column + 1)
+    fig.update_layout(height=260 * rows)
+    return fig
+
+
 BUILD: dict[str, Callable[[object], go.Figure]] = {
     "ellipsoids": build_ellipsoids,
     "shell": build_shell,
@@ -300,6 +327,7 @@ BUILD: dict[str, Callable[[object], go.Figure]] = {
     "normality": build_normality,
     "alignment": build_alignment,
     "tsne": build_tsne,
+    "dense_maps": build_dense_maps,
 }
 
 STYLE = """

@@ -29,6 +29,7 @@ from lakd.analysis.conformity import conformity_given_sum, cosine_to_vector
 from lakd.analysis.inputs import normalise_rows
 from lakd.analysis.moments import Moments, sorted_eigh
 from lakd.analysis.passes import Embeddings, first_pass
+from lakd.report.dense import DenseExamples
 from lakd.report.inputs import ModelInput, RowLabels
 
 # one colour per model (matplotlib's tab10, in order)
@@ -208,11 +209,13 @@ def model_data(
 @dataclass
 class ReportData:
     """Everything a report shows: the models (reference first), row labels (ids and captions), and
-    the run's description (``meta``: data, N, text view, samples, seeds, alignment note)."""
+    the run's description (``meta``: data, N, text view, samples, seeds, alignment note), and the
+    example dense maps of the teacher and the first student (:mod:`lakd.report.dense`), when any."""
 
     models: list[ModelData]
     labels: dict[str, RowLabels]
     meta: dict
+    dense: DenseExamples | None = None  # example token-by-patch maps (teacher and student ViTs only)
 
     @property
     def reference(self) -> ModelData:

@@ -27,9 +27,9 @@ from lakd.io import write_text
 from lakd.report.curves import COLUMNS, FAMILIES, CurvePanel, CurvesView, curve_views
 from lakd.report.figures import _panels, save_figure
 from lakd.report.html import esc, figure_section, page, ptext
-from lakd.report.run import Run
 from lakd.report.table import format_value
 from lakd.report.views import FigureInfo
+from lakd.runs import RunFolder
 
 HTML_NAME = "training.html"
 PLOTS_DIR = "plots"
@@ -133,9 +133,9 @@ def build_curves(view: CurvesView) -> go.Figure:
     return fig
 
 
-def describe_run(run: Run, records: list[dict]) -> str:
+def describe_run(run: RunFolder, records: list[dict]) -> str:
     """The run in one paragraph (escaped HTML): student, teacher, recipe, steps, what was logged."""
-    config = run.config()
+    config = run.settings()
     section = {key: config.get(key) if isinstance(config.get(key), dict) else {} for key in ("student", "teacher", "schedule", "eval")}
     teacher = section["teacher"]
     who = teacher.get("model") or teacher.get("store")
@@ -154,7 +154,7 @@ def describe_run(run: Run, records: list[dict]) -> str:
     return f"<p class='meta'>{' &middot; '.join(parts)}</p>"
 
 
-def training_page(run: Run, records: list[dict], views: dict[FigureInfo, CurvesView]) -> str:
+def training_page(run: RunFolder, records: list[dict], views: dict[FigureInfo, CurvesView]) -> str:
     """The whole training page of ``run`` with the figures of ``views``."""
     sections = [
         figure_section(info, build_curves(view), first=number == 0) for number, (info, view) in enumerate(views.items())
@@ -169,7 +169,7 @@ def training_page(run: Run, records: list[dict], views: dict[FigureInfo, CurvesV
 def plot_run(run: str | Path) -> list[Path]:
     """Write ``RUN/training.html`` and ``RUN/plots/*.png`` of the run folder ``run``; returns their
     paths (the page first). PNGs of figures that no longer have data are removed."""
-    folder = Run(Path(run)).check()
+    folder = RunFolder(Path(run)).check()
     records = folder.records()
     if not any(r["kind"] in ("train", "eval") for r in records):
         raise LakdError(f"{folder.metrics_file}: no training or evaluation records; nothing to plot yet")

@@ -36,13 +36,15 @@ from lakd.report.series import (
 class FigureInfo:
     """One figure of the report, drawn as ``figures/<name>.png`` and as an interactive plotly figure.
     ``size`` is the PNG size in inches; ``pairwise`` figures need a reference and at least one other
-    model."""
+    model; ``dense`` figures need the teacher and student models themselves, with ViT towers
+    (:mod:`lakd.report.dense`), and are skipped with the reason in ``metrics.json`` otherwise."""
 
     name: str
     title: str
     caption: str
     size: tuple[float, float] = (7.0, 4.2)
     pairwise: bool = False
+    dense: bool = False
 
 
 FIGURES: tuple[FigureInfo, ...] = (
@@ -96,6 +98,17 @@ FIGURES: tuple[FigureInfo, ...] = (
         "tsne",
         "t-SNE",
         "t-SNE (scikit-learn) of the same sampled items in every model: images filled, texts hollow.",
+    ),
+    FigureInfo(
+        "dense_maps",
+        "Token-by-patch similarity maps",
+        "For one shapes-world probe image and its true caption per condition, the cosine of every text "
+        "token (rows) with every image patch (columns, raster order over each model's own patch grid), "
+        "teacher left, student right, on one shared colour scale [DCSM]. Drawn only when both are ViT "
+        "models.",
+        size=(7.0, 7.0),
+        pairwise=True,
+        dense=True,
     ),
 )
 
@@ -404,6 +417,39 @@ def normality_view(data: ReportData) -> NormalityView:
     return NormalityView(ticks, models, skip_reason(data, "normality"))
 
 
+# ---- dense maps: teacher and student per probe condition ------------------------------------------
+
+
+@dataclass
+class DenseMapPanel:
+    """One model's map of one probe pair: ``values`` [tokens, patches], ``tokens`` the row labels."""
+
+    title: str
+    caption: str
+    tokens: list[str]
+    grid: tuple[int, int]
+    values: np.ndarray
+
+
+@dataclass
+class DenseMapsView:
+    """Panels row by row (``columns`` models per condition), colours on [-``limit``, ``limit``]."""
+
+    panels: list[DenseMapPanel]
+    columns: int
+    limit: float
+
+
+def dense_maps_view(data: ReportData) -> DenseMapsView:
+    maps = data.dense.maps if data.dense is not None else []
+    panels = [
+        DenseMapPanel(f"{m.condition}: {m.model} ({m.grid[0]}x{m.grid[1]})", m.caption, m.tokens, m.grid, m.values)
+        for m in maps
+    ]
+    limit = max((float(np.abs(m.values).max()) for m in maps), default=1.0) or 1.0
+    return DenseMapsView(panels, columns=2, limit=limit)
+
+
 # ---- all figures -----------------------------------------------------------------------------------
 
 VIEWS: dict[str, Callable[[ReportData], object]] = {
@@ -415,10 +461,15 @@ VIEWS: dict[str, Callable[[ReportData], object]] = {
     "normality": normality_view,
     "alignment": alignment_view,
     "tsne": tsne_view,
+    "dense_maps": dense_maps_view,
 }
 
 
 def figure_views(data: ReportData) -> dict[FigureInfo, object]:
-    """The view of every figure this report draws (pairwise ones only with two or more models), in
-    :data:`FIGURES` order."""
-    return {info: VIEWS[info.name](data) for info in FIGURES if not info.pairwise or data.others}
+    """The view of every figure this report draws (pairwise ones only with two or more models, dense
+    ones only with maps), in :data:`FIGURES` order."""
+    return {
+        info: VIEWS[info.name](data)
+        for info in FIGURES
+        if (not info.pairwise or data.others) and (not info.dense or (data.dense is not None and data.dense.maps))
+    }

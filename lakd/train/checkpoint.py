@@ -1,14 +1,7 @@
 """The run folder and its checkpoints: atomic, durable writes; ``latest`` moved only after a complete
 checkpoint; the last K and the best kept; everything a bit-exact resume needs.
 
-Run folder::
-
-    RUN/run.json            marker (format ``lakd-train-run/1``): --overwrite replaces only such a folder
-    RUN/config.yaml         the resolved configuration
-    RUN/metrics.jsonl       one JSON object a line: train logs, evaluations, the teacher's reference
-    RUN/checkpoints/step_NNNNNN.pt, latest, best
-    RUN/whitening/          the teacher's whitening statistics the run used (whitened_fd)
-    RUN/student.pt, RUN/student-local-dir/   the final student (lakd checkpoint; open_clip local-dir)
+The run folder's layout is :mod:`lakd.runs`.
 
 A checkpoint is a lakd checkpoint of the student (with its projection heads), loadable wherever a
 model spec is taken, plus ``training_state``: recipe state, optimizer, scheduler, RNG states of
@@ -19,9 +12,7 @@ latest evaluation.
 
 from __future__ import annotations
 
-import json
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,59 +22,16 @@ import numpy as np
 import torch
 
 import lakd
+from lakd import runs
 from lakd.errors import LakdError
 from lakd.io import write_json, write_text
 from lakd.models.checkpoint import save_checkpoint
 from lakd.models.safe_load import read_checkpoint
 
-RUN_FORMAT = "lakd-train-run/1"
-STEP_FILE = re.compile(r"step_(\d{6,})\.pt")
-
 
 @dataclass(frozen=True)
-class RunFolder:
-    """The paths of one run (module docstring)."""
-
-    path: Path
-
-    @property
-    def marker(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def whitening(self) -> Path:
-        return self.path / "whitening" / "teacher.safetensors"
-
-    @property
-    def student(self) -> Path:
-        return self.path / "student.pt"
-
-    @property
-    def local_dir(self) -> Path:
-        return self.path / "student-local-dir"
-
-    def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"step_{step:06d}.pt"
-
-    def is_run(self) -> bool:
-        """Whether the folder holds a lakd training run (its marker says so)."""
-        try:
-            marker = json.loads(self.marker.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return False
-        return isinstance(marker, dict) and marker.get("format") == RUN_FORMAT
+class RunFolder(runs.RunFolder):
+    """A run folder (:mod:`lakd.runs`) with the write side: :meth:`prepare`."""
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
         """Check and create the folder: an existing one needs ``resume`` (a lakd run to continue) or
@@ -102,7 +50,7 @@ class RunFolder:
             even = ", even with --overwrite" if overwrite else ""
             raise LakdError(
                 f"{self.path}: exists and is not a lakd training run (no {self.marker.name} with format "
-                f"{RUN_FORMAT}); not replacing it{even}; choose another --out"
+                f"{runs.RUN_FORMAT}); not replacing it{even}; choose another --out"
             )
         if exists and not overwrite:
             raise LakdError(
@@ -111,22 +59,7 @@ class RunFolder:
         if exists:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.marker, {"format": RUN_FORMAT, "lakd_version": lakd.__version__})
-
-    def steps(self) -> list[int]:
-        """Steps of the checkpoint files present, ascending."""
-        if not self.checkpoints.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.checkpoints.iterdir() if (m := STEP_FILE.fullmatch(p.name)))
-
-    def pointer(self, name: str) -> Path | None:
-        """The checkpoint named by ``checkpoints/<name>`` (``latest`` or ``best``), if it exists."""
-        try:
-            target = (self.checkpoints / name).read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        path = self.checkpoints / target
-        return path if STEP_FILE.fullmatch(target) and path.is_file() else None
+        write_json(self.marker, {"format": runs.RUN_FORMAT, "lakd_version": lakd.__version__})
 
 
 def rng_state() -> dict[str, Any]:

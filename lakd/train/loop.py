@@ -39,6 +39,7 @@ from lakd.eval.zeroshot import embed_class_prompts
 from lakd.io import writing
 from lakd.models import export_local_dir, load_model, save_checkpoint
 from lakd.models.checkpoint import unwrap
+from lakd.models.tokens import check_dense_model
 from lakd.train.checkpoint import (
     RunFolder,
     newest_checkpoint,
@@ -208,11 +209,18 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
     if recipe.needs_teacher and teacher_cfg.kind == "none":
         raise LakdError(f"recipe: {_recipe_name(cfg)} needs a teacher (set teacher.kind to cached or online)")
     if teacher_cfg.kind == "cached" and (recipe.needs_online_teacher or cfg.data.augment != "none"):
-        why = "data.augment" if cfg.data.augment != "none" else "a term of the recipe"
+        online_terms = [term for term, loss in recipe.losses.items() if loss.needs_online_teacher]
+        why = (
+            "data.augment"
+            if cfg.data.augment != "none"
+            else f"the recipe's term(s) {', '.join(repr(t) for t in online_terms)}"
+        )
         raise LakdError(
             f"teacher.kind: {why} needs the teacher's features of this step's own images, which a cached "
             "store cannot give; use teacher.kind=online"
         )
+    if "student_dense" in recipe.required_fields:
+        _check_dense(recipe, model, tokenizer, teacher if teacher_cfg.kind == "online" else None)
     needed = recipe.required_fields if teacher_cfg.kind != "none" else set()
     scale = None
     if cached is not None:
@@ -256,6 +264,28 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
     return Setup(task, Encoder(model, preprocess, tokenizer), teacher, source, collate, whitening_file)
 
 
+def _check_dense(recipe: Recipe, model, tokenizer, teacher: Encoder | None) -> None:
+    """Token-map terms need ViT towers on both sides and the shared tokenizer (one error line each)."""
+    terms = ", ".join(repr(term) for term, loss in recipe.losses.items() if "student_dense" in loss.required_fields())
+    for key, who in (("student.model", model), ("teacher.model", teacher.model if teacher else None)):
+        if who is not None:
+            try:
+                check_dense_model(who)
+            except LakdError as err:
+                raise LakdError(f"{key}: the recipe's term(s) {terms} need token features: {err}") from None
+    if teacher is not None and not same_tokenizer(tokenizer, teacher.tokenizer):
+        raise LakdError(
+            f"teacher.model: the recipe's term(s) {terms} align token maps through the shared tokenizer, but the "
+            f"teacher's tokenizer ({_tokenizer_name(teacher.tokenizer)}) differs from the student's "
+            f"({_tokenizer_name(tokenizer)})"
+        )
+
+
+def _tokenizer_name(tokenizer) -> str:
+    name = getattr(tokenizer, "tokenizer_name", None) or type(tokenizer).__name__
+    return f"{name}, context length {getattr(tokenizer, 'context_length', '?')}"
+
+
 def _recipe_name(cfg: TrainConfig) -> str:
     return repr(cfg.recipe) if isinstance(cfg.recipe, str) else "the recipe"
 
@@ -287,12 +317,12 @@ def _text_anchors(cfg: TrainConfig, teacher: Encoder | None, source, device: str
 
 
 def _check_resumable(run: RunFolder, cfg: TrainConfig) -> None:
-    saved = load_yaml(run.config)
+    saved = load_yaml(run.config_file)
     now = to_mapping(cfg)
     for key in RESUME_FIXED:
         if saved.get(key) != now.get(key):
             raise LakdError(
-                f"{run.config}: the run was made with another {key} section ({saved.get(key)!r}); "
+                f"{run.config_file}: the run was made with another {key} section ({saved.get(key)!r}); "
                 f"resume with the same configuration (now {now.get(key)!r})"
             )
 
@@ -379,7 +409,7 @@ def train(
             if resume:
                 _check_resumable(run, cfg)
             else:
-                dump_yaml(cfg, run.config)
+                dump_yaml(cfg, run.config_file)
         distributed.barrier()
         setup = build(cfg, context.device, run, is_main=context.is_main)
         task = setup.task
@@ -475,7 +505,7 @@ class _Steps:
 
     def loop(self, start: int, stop: int) -> None:
         cfg, context = self.cfg, self.context
-        self.log = MetricsLog(self.run.metrics, resume_step=start if start else None) if context.is_main else None
+        self.log = MetricsLog(self.run.metrics_file, resume_step=start if start else None) if context.is_main else None
         tracker = self._tracker() if context.is_main else None
         if start >= stop:
             if context.is_main:

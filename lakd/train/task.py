@@ -4,6 +4,10 @@ As in open_clip's ``DistillCLIPTask``, one ``nn.Module`` holds everything a step
 the whole task: recipe terms own parameters (ICL's logit scale, AFD's fusion layers) and buffers
 (running conformity means, MFD's call counter), and they must be synchronised like the student's.
 ``train()`` keeps the teacher in eval mode; its parameters never require gradients.
+
+Token features (``dense``) are computed only when a term of the recipe reads them
+(``student_dense`` among :attr:`Recipe.required_fields`): then the student's single forward and the
+online teacher's give them beside the pooled features; other recipes run the plain forwards.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from torch import nn
 
 from lakd.analysis.whitening import WhiteningStats
-from lakd.distill import Recipe, RecipeOutput, StudentWithHeads
+from lakd.distill import Recipe, RecipeOutput, StudentWithHeads, encode_dense
 from lakd.train.data import CachedTeacher, TrainBatch
 
 
@@ -48,6 +52,7 @@ class DistillTask(nn.Module):
         self.cached = cached
         self.teacher_logit_scale = teacher_logit_scale
         self.whitening = whitening
+        self.dense = "student_dense" in recipe.required_fields
         self.register_buffer("text_anchors", text_anchors, persistent=False)
 
     def train(self, mode: bool = True) -> DistillTask:
@@ -62,6 +67,14 @@ class DistillTask(nn.Module):
             images = batch.teacher_images if batch.teacher_images is not None else batch.images
             tokens = batch.teacher_tokens if batch.teacher_tokens is not None else batch.tokens
             with torch.no_grad():
+                if self.dense:
+                    image, text, dense = encode_dense(self.teacher, images, tokens)
+                    return {
+                        "teacher_image": image.float(),
+                        "teacher_text": text.float(),
+                        "teacher_logit_scale": self.teacher.logit_scale.exp().float(),
+                        "teacher_dense": dense.float(),
+                    }
                 return {
                     "teacher_image": self.teacher.encode_image(images, normalize=False).float(),
                     "teacher_text": self.teacher.encode_text(tokens, normalize=False).float(),
@@ -78,7 +91,9 @@ class DistillTask(nn.Module):
         return {}
 
     def forward(self, batch: TrainBatch) -> RecipeOutput:
-        outputs = self.student(batch.images, batch.tokens)
+        outputs = self.student(batch.images, batch.tokens, dense=True) if self.dense else self.student(
+            batch.images, batch.tokens
+        )
         fields = self.teacher_fields(batch)
         if self.whitening is not None:
             fields["whitening"] = self.whitening
