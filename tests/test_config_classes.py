@@ -16,6 +16,7 @@ from lakd.data.store.whitening import WhitenApplyConfig, WhitenFitConfig
 from lakd.demo import DemoConfig
 from lakd.errors import LakdError
 from lakd.eval import EvalConfig
+from lakd.eval.dense import DenseOptions
 from lakd.models.embed import EmbedConfig
 from lakd.report import ReportConfig
 from lakd.train.config import (
@@ -60,6 +61,9 @@ INSTANCES = [
         arch="ViT-B-16",
         cache_dir="cache",
         source_options=SourceOptions(allow_outside_root=True),
+        dense=DenseOptions(
+            head_width=16, head_steps=20, head_batch=8, head_lr=3e-3, head_data="shapes:probes?n=64&seed=2", head_seed=1
+        ),
     ),
     EvalConfig(embeddings="emb/tiny", teacher_embeddings="emb/teacher", task="retrieval", allow_nonfinite=True),
     AnalysisConfig(
