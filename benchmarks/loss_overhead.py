@@ -200,7 +200,7 @@ def main() -> None:
                 f"{clock} {name} / fd: {ratio['ratio_of_medians']:.3f} "
                 f"(median of paired ratios {ratio['median_paired_ratio']:.3f})"
             )
-    print(f"load average before / after: {load_before} / {machine['load_average_1min']}; wrote {args.out}")
+    print(f"load average before / after: {load_before} / {machine['load_average_1_5_15min'][0]}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import textwrap
 import tracemalloc
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_readers import write_shard  # one webdataset shard writer for the tests
 
 from lakd.analysis import analyze, fit_whitening, log_likelihood, whiten
 from lakd.analysis.alignment import knn_overlap, retrieval_agreement, similarity_spearman
@@ -46,13 +46,6 @@ def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
     return buf.getvalue()
 
 
-def write_shard(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def one_error_line(capsys) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
+from test_train import tiny  # the same tiny runs as the trainer tests
 
 import lakd.report.training as training
 from lakd.cli import main
@@ -20,11 +21,8 @@ from lakd.report.curves import curve_views
 from lakd.report.figures import pixel_size
 from lakd.report.table import format_value
 from lakd.runs import RunFolder
-from lakd.train import load_train_config, train
+from lakd.train import train
 
-TRAIN = "shapes:train?n=48&image_size=32"
-VAL = "shapes:val?n=24&image_size=32"
-PROBES = "shapes:probes?n=12&image_size=32"
 PLAIN_FIGURES = [
     "losses",
     "optimisation",
@@ -35,22 +33,6 @@ PLAIN_FIGURES = [
     "geometry_text",
     "geometry_image_vs_text",
 ]
-
-
-def tiny(**sections):
-    base = {
-        "data": {"train": TRAIN, "batch_size": 8},
-        "student": {"model": "lakd:tiny-vit"},
-        "recipe": "none",
-        "schedule": {"steps": 6, "warmup": 2},
-        "eval": {"data": VAL, "probes": PROBES, "every": 3, "batch_size": 32},
-        "track": {"sample_size": 24},
-        "checkpoint": {"every": 3, "keep_last": 1},
-        "log_every": 2,
-    }
-    for key, value in sections.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return load_train_config(mapping=base)
 
 
 def records(run: Path) -> list[dict]:
