@@ -207,7 +207,9 @@ def test_cuda_device_without_cuda_is_one_line(tmp_path):
         train(tiny(device="cuda"), out=str(tmp_path / "r"))
 
 
-def test_nan_loss_stops_or_skips(tmp_path, monkeypatch):
+def poison_clip_loss(patch: pytest.MonkeyPatch, call: int) -> dict[str, int]:
+    """Make the CLIP task loss NaN on its ``call``-th evaluation; returns the call counter
+    (reset ``["n"]`` to 0 to poison a new run)."""
     import lakd.distill.contrastive as contrastive
 
     real = contrastive.ClipTaskLoss.forward
@@ -216,9 +218,14 @@ def test_nan_loss_stops_or_skips(tmp_path, monkeypatch):
     def poisoned(self, batch):
         calls["n"] += 1
         value = real(self, batch)
-        return value * float("nan") if calls["n"] == 5 else value
+        return value * float("nan") if calls["n"] == call else value
 
-    monkeypatch.setattr(contrastive.ClipTaskLoss, "forward", poisoned)
+    patch.setattr(contrastive.ClipTaskLoss, "forward", poisoned)
+    return calls
+
+
+def test_nan_loss_stops_or_skips(tmp_path, monkeypatch):
+    calls = poison_clip_loss(monkeypatch, 5)
     out = tmp_path / "stop"
     with pytest.raises(LakdError, match=r"step 5: the loss is not finite \(loss/total=nan.*last good checkpoint is .*step_000003.pt"):
         train(tiny(), out=str(out), echo=lambda _: None)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
-from test_train import tiny  # the same tiny runs as the trainer tests
+from test_train import poison_clip_loss, tiny  # the same tiny runs as the trainer tests
 
 import lakd.report.training as training
 from lakd.cli import main
@@ -42,19 +42,9 @@ def records(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory) -> Path:
     """No teacher; the loss of step 5 is NaN and the step skipped (on_nan: skip)."""
-    import lakd.distill.contrastive as contrastive
-
-    real = contrastive.ClipTaskLoss.forward
-    calls = {"n": 0}
-
-    def poisoned(self, batch):
-        calls["n"] += 1
-        value = real(self, batch)
-        return value * float("nan") if calls["n"] == 5 else value
-
     out = tmp_path_factory.mktemp("plain") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(contrastive.ClipTaskLoss, "forward", poisoned)
+        poison_clip_loss(patch, 5)
         train(tiny(on_nan="skip"), out=str(out), echo=lambda _: None)
     return out
 

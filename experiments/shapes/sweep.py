@@ -297,17 +297,19 @@ class SweepOptions:
         return self.work_dir / "results" if self.quick else REPO / "experiments" / "results"
 
 
+def _same_config(folder, cfg) -> bool:
+    """Whether ``folder`` holds a run made with the sections of ``cfg`` that a resume keeps."""
+    from lakd.train.loop import resume_mismatch
+
+    return folder.is_run() and folder.config_file.is_file() and resume_mismatch(folder, cfg) is None
+
+
 def _finished(run: Path, cfg) -> bool:
     """A run folder that holds a finished run of exactly this configuration."""
-    from lakd.config import load_yaml, to_mapping
     from lakd.train.checkpoint import RunFolder
-    from lakd.train.loop import RESUME_FIXED
 
     folder = RunFolder(run)
-    if not (folder.is_run() and folder.student.is_file() and folder.config_file.is_file() and folder.metrics_file.is_file()):
-        return False
-    saved, now = load_yaml(folder.config_file), to_mapping(cfg)
-    if any(saved.get(key) != now.get(key) for key in RESUME_FIXED):
+    if not (_same_config(folder, cfg) and folder.student.is_file() and folder.metrics_file.is_file()):
         return False
     try:
         return final_eval(run).get("step") == cfg.schedule.steps
@@ -317,18 +319,13 @@ def _finished(run: Path, cfg) -> bool:
 
 def _train_student(cfg, run: Path, echo: Callable[[str], None]) -> str:
     """Train (or resume, or reuse) one student; returns what was done."""
-    from lakd.config import load_yaml, to_mapping
     from lakd.train import train
     from lakd.train.checkpoint import RunFolder
-    from lakd.train.loop import RESUME_FIXED
 
     if _finished(run, cfg):
         return "reused"
     folder = RunFolder(run)
-    same = folder.is_run() and folder.config_file.is_file() and all(
-        load_yaml(folder.config_file).get(key) == to_mapping(cfg).get(key) for key in RESUME_FIXED
-    )
-    resume = same and bool(folder.steps())
+    resume = _same_config(folder, cfg) and bool(folder.steps())
     train(cfg, out=str(run), resume=resume, overwrite=folder.is_run() and not resume, echo=echo)
     return "resumed" if resume else "trained"
 

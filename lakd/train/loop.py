@@ -316,15 +316,25 @@ def _text_anchors(cfg: TrainConfig, teacher: Encoder | None, source, device: str
     ).to(device)
 
 
-def _check_resumable(run: RunFolder, cfg: TrainConfig) -> None:
+def resume_mismatch(run: RunFolder, cfg: TrainConfig) -> tuple[str, Any, Any] | None:
+    """The first section of :data:`RESUME_FIXED` in which ``cfg`` differs from the run's saved
+    configuration, as ``(key, saved, now)``; None when the run can be resumed with ``cfg``."""
     saved = load_yaml(run.config_file)
     now = to_mapping(cfg)
     for key in RESUME_FIXED:
         if saved.get(key) != now.get(key):
-            raise LakdError(
-                f"{run.config_file}: the run was made with another {key} section ({saved.get(key)!r}); "
-                f"resume with the same configuration (now {now.get(key)!r})"
-            )
+            return key, saved.get(key), now.get(key)
+    return None
+
+
+def _check_resumable(run: RunFolder, cfg: TrainConfig) -> None:
+    mismatch = resume_mismatch(run, cfg)
+    if mismatch is not None:
+        key, saved, now = mismatch
+        raise LakdError(
+            f"{run.config_file}: the run was made with another {key} section ({saved!r}); "
+            f"resume with the same configuration (now {now!r})"
+        )
 
 
 def _restore(setup: Setup, path: Path, optimizer, scheduler) -> int:
