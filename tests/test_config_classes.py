@@ -129,7 +129,7 @@ INSTANCES = [
             download=True,
             allow_outside_root=True,
         ),
-        student=StudentConfig(model="student.pt", arch="ViT-B-32"),
+        student=StudentConfig(model="student.pt", arch="ViT-B-32", mask_ratio=0.75),
         teacher=TeacherConfig(
             kind="cached",
             store="emb/teacher",

@@ -314,6 +314,51 @@ def test_online_teacher_with_augmentation(tmp_path):
     assert 0 <= last_eval["geometry/alignment.image.cka"] <= 1  # alignment to the teacher's embeddings
 
 
+def test_single_pass_masked_distillation(teacher_store, tmp_path):
+    """student.mask_ratio: [KD]'s masked distillation in one pass. In training mode every term sees
+    the student's features of a masked view (patch dropout, seeded per rank and micro-batch); in eval
+    mode the full images; a resumed run repeats the masks."""
+    from lakd.distill.masking import mask_seed
+    from lakd.train.data import TrainItems
+    from lakd.train.loop import build
+
+    masked = tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="fd", student={"mask_ratio": 0.5})
+    setup = build(masked, "cpu", RunFolder(tmp_path / "setup"), is_main=True)
+    items = TrainItems(setup.source, seed=0, caption="first", augment="none")
+    batch = setup.collate([items[(0, i)] for i in range(8)])
+    task, wrapper = setup.task.train(), setup.task.student
+    seed = mask_seed(0, 0, 3)
+    outputs = wrapper(batch.images, batch.tokens, mask_ratio=0.5, mask_seed=seed)
+    by_hand = task.recipe(wrapper.distill_batch(outputs, images=batch.images, **task.teacher_fields(batch)))
+    in_task = task(batch, mask_seed=seed).terms
+    assert torch.equal(in_task["fd"], by_hand.terms["fd"]) and torch.equal(in_task["clip"], by_hand.terms["clip"])
+    assert not torch.equal(task(batch, mask_seed=mask_seed(0, 0, 4)).terms["fd"], in_task["fd"])
+    task.eval()
+    unmasked = task(batch, mask_seed=seed).terms["fd"]
+    assert torch.equal(unmasked, task(batch).terms["fd"]) and not torch.equal(unmasked, in_task["fd"])
+
+    out, resumed = tmp_path / "masked", tmp_path / "resumed"
+    train(masked, out=str(out), echo=lambda _: None)
+    train(masked, out=str(resumed), max_steps=4, echo=lambda _: None)
+    train(masked, out=str(resumed), resume=True, echo=lambda _: None)
+    plain = tmp_path / "plain"
+    train(tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="fd"), out=str(plain), echo=lambda _: None)
+    a, b, c = (weights(run / "student.pt") for run in (out, resumed, plain))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_mask_ratio_is_checked(teacher_store, tmp_path):
+    with pytest.raises(LakdError, match=r"student.mask_ratio: must be in \(0, 1\), got 1.0"):
+        tiny(student={"mask_ratio": 1.0})
+    cached = {"kind": "cached", "store": str(teacher_store)}
+    with pytest.raises(LakdError, match="student.mask_ratio: the recipe's term 'mfd' \\(mfd\\) masks in an extra pass"):
+        train(tiny(teacher=cached, recipe={"clip": 1, "mfd": 1}, student={"mask_ratio": 0.5}), out=str(tmp_path / "a"))
+    online = {"kind": "online", "model": "lakd:tiny-vit"}
+    with pytest.raises(LakdError, match="student.mask_ratio: the recipe's term 'dense' needs token maps"):
+        train(tiny(teacher=online, recipe="dense", student={"mask_ratio": 0.5}), out=str(tmp_path / "b"))
+
+
 # ---- command line -------------------------------------------------------------------------
 
 

@@ -57,10 +57,19 @@ class DataConfig:
 class StudentConfig:
     """The model trained: any model spec (``lakd:tiny-vit``, ``open_clip:ARCH`` random init, a
     checkpoint to continue from; ``arch`` for a bare open_clip checkpoint). Random-init specs draw
-    their weights from the run's ``seed``."""
+    their weights from the run's ``seed``. ``mask_ratio``: CLIP-KD's (Yang et al., CVPR 2024)
+    masked feature distillation in a single pass: the student's training forward encodes a masked
+    view of the images (patch dropout for ViT towers, pixel cells otherwise; seeded by the run's
+    seed, rank and micro-batch) and every recipe term sees those features; evaluation and the
+    teacher see the full images (docs/losses.md)."""
 
     model: str = "lakd:tiny-vit"
     arch: str | None = None
+    mask_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:
+            raise LakdError(f"student.mask_ratio: must be in (0, 1), got {self.mask_ratio}")
 
 
 @dataclass

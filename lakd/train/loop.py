@@ -32,6 +32,7 @@ from lakd.data import SourceOptions, open_source
 from lakd.data.store import EmbeddingStore
 from lakd.distill import Recipe, StudentWithHeads
 from lakd.distill.heads import embed_dim_of
+from lakd.distill.masking import mask_seed
 from lakd.errors import LakdError
 from lakd.eval.results import json_safe
 from lakd.eval.templates import source_templates
@@ -219,6 +220,8 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
             f"teacher.kind: {why} needs the teacher's features of this step's own images, which a cached "
             "store cannot give; use teacher.kind=online"
         )
+    if cfg.student.mask_ratio is not None:
+        _check_mask(cfg, recipe)
     if "student_dense" in recipe.required_fields:
         _check_dense(recipe, model, tokenizer, teacher if teacher_cfg.kind == "online" else None)
     needed = recipe.required_fields if teacher_cfg.kind != "none" else set()
@@ -254,6 +257,7 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
         teacher_logit_scale=scale,
         whitening=whitening,
         text_anchors=anchors,
+        mask_ratio=cfg.student.mask_ratio,
     ).to(device)
     collate = TrainCollate(
         preprocess,
@@ -262,6 +266,18 @@ def build(cfg: TrainConfig, device: str, run: RunFolder, *, is_main: bool) -> Se
         None if online is None or same_tokenizer(tokenizer, teacher.tokenizer) else teacher.tokenizer,
     )
     return Setup(task, Encoder(model, preprocess, tokenizer), teacher, source, collate, whitening_file)
+
+
+def _check_mask(cfg: TrainConfig, recipe: Recipe) -> None:
+    """The single masked pass replaces ``mfd``'s extra one and cannot give token maps of a masked view."""
+    for term, loss in recipe.losses.items():
+        if loss.name == "mfd":
+            raise LakdError(
+                f"student.mask_ratio: the recipe's term {term!r} (mfd) masks in an extra pass; use one of "
+                "the two (CLIP-KD's single pass is student.mask_ratio with an fd term, docs/losses.md)"
+            )
+        if "student_dense" in loss.required_fields():
+            raise LakdError(f"student.mask_ratio: the recipe's term {term!r} needs token maps of the full images")
 
 
 def _check_dense(recipe: Recipe, model, tokenizer, teacher: Encoder | None) -> None:
@@ -477,7 +493,7 @@ class _Steps:
             micro = batch.rows(rows)
             sync = k == len(parts) - 1 or not hasattr(self.model, "no_sync")
             with (contextlib.nullcontext() if sync else self.model.no_sync()), autocast(cfg, self.device):
-                output = self.model(micro)
+                output = self.model(micro, **self._mask_seed(step, k, len(parts)))
             if not _all_finite(output.total):
                 self._non_finite(output, batch, step)
                 return None
@@ -496,6 +512,13 @@ class _Steps:
         task.recipe.clamp_logit_scales_()
         totals["logit_scale"] = task.student.student.logit_scale.detach().exp()
         return totals
+
+    def _mask_seed(self, step: int, micro: int, n_micro: int) -> dict[str, int]:
+        """The masks of micro-batch ``micro`` of ``step`` on this rank (``student.mask_ratio``): a
+        seed from the run's seed, the rank and the micro-batch's index, so a resumed run repeats them."""
+        if self.cfg.student.mask_ratio is None:
+            return {}
+        return {"mask_seed": mask_seed(self.cfg.seed, self.context.rank, step * n_micro + micro)}
 
     def _non_finite(self, output, batch: TrainBatch, step: int) -> None:
         terms = {key: float(value) for key, value in output.scalars().items()}

@@ -29,7 +29,9 @@ class DistillTask(nn.Module):
 
     ``whitening``: the teacher's statistics per modality (for ``whitened_fd``); ``text_anchors``:
     per-class teacher prompt embeddings [C, K, d_t] (for ``rise_relative``); ``teacher_logit_scale``
-    for a cached teacher (an online one gives its own).
+    for a cached teacher (an online one gives its own). ``mask_ratio``: in training mode the
+    student encodes a masked view of the images (seeded by ``forward``'s ``mask_seed``),
+    single-pass masked distillation (CLIP-KD); the teacher's features stay those of the full images.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class DistillTask(nn.Module):
         teacher_logit_scale: float | None = None,
         whitening: Mapping[str, WhiteningStats] | None = None,
         text_anchors: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
     ):
         super().__init__()
         self.student = student
@@ -53,6 +56,7 @@ class DistillTask(nn.Module):
         self.teacher_logit_scale = teacher_logit_scale
         self.whitening = whitening
         self.dense = "student_dense" in recipe.required_fields
+        self.mask_ratio = mask_ratio
         self.register_buffer("text_anchors", text_anchors, persistent=False)
 
     def train(self, mode: bool = True) -> DistillTask:
@@ -90,10 +94,13 @@ class DistillTask(nn.Module):
             }
         return {}
 
-    def forward(self, batch: TrainBatch) -> RecipeOutput:
-        outputs = self.student(batch.images, batch.tokens, dense=True) if self.dense else self.student(
-            batch.images, batch.tokens
-        )
+    def forward(self, batch: TrainBatch, mask_seed: int | None = None) -> RecipeOutput:
+        if self.dense:
+            outputs = self.student(batch.images, batch.tokens, dense=True)
+        elif self.mask_ratio is not None and self.training:
+            outputs = self.student(batch.images, batch.tokens, mask_ratio=self.mask_ratio, mask_seed=mask_seed)
+        else:
+            outputs = self.student(batch.images, batch.tokens)
         fields = self.teacher_fields(batch)
         if self.whitening is not None:
             fields["whitening"] = self.whitening
