@@ -21,8 +21,9 @@ Configurations (``CONFIGS``):
 - ``open_clip_plain``: ``python -m open_clip_train.main`` on the same student (a ``local-dir:``
   export of ``lakd:tiny-vit``: the same initial weights), AdamW betas / eps / weight decay / lr,
   warmup, cosine schedule and gradient clipping (1.0) as the lakd run;
-- ``bare_loop``: forward, open_clip's ``ClipLoss``, backward, AdamW (CLIP's parameter groups) on one
-  batch of pre-built tensors of the same folder: no data loading, no clipping, no logging;
+- ``bare_loop``: forward, open_clip's ``ClipLoss``, backward, AdamW (CLIP's parameter groups; torch's
+  fused kernel, as lakd's trainer uses) on one batch of pre-built tensors of the same folder: no data
+  loading, no clipping, no logging;
 - ``lakd_cached_fd`` / ``lakd_online_fd``: recipe ``fd`` (CLIP loss + feature distillation through
   projection heads) with the teacher's features from an embedding store of the training folder
   (``lakd embed``) or from the teacher's forward pass at each step;
@@ -400,7 +401,7 @@ def bare_loop(out: Path, data_dir: Path, steps: int, threads: int) -> None:
     items = [source[i] for i in range(BATCH)]
     images = torch.stack([preprocess(item.image) for item in items])
     tokens = tokenizer([item.captions[0] for item in items])
-    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS)
+    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR, betas=BETAS, eps=EPS, fused=True)
     loss_fn = open_clip.ClipLoss()
     times: dict[str, dict[int, float]] = {"wall": {}, "cpu": {}}
     for step in range(1, steps + 1):

@@ -151,6 +151,7 @@ class Tracker:
         ).validate()
         self.teacher, self.teacher_name = teacher, teacher_name
         self.reference: dict[str, torch.Tensor] | None = None
+        self._teacher_encoded: Encoded | None = None
         if self.eval is not None and teacher is not None:
             encoded = encode_batches(teacher.model, self.eval.batches(teacher), device)
             self.reference = {"image": encoded.image, "text": paired_text(encoded)}
@@ -177,14 +178,17 @@ class Tracker:
                 f"({len(ids)} vs {len(encoded.ids)} items, or another order); embed eval.data with the teacher"
             )
 
-    def measure(self, encoder: Encoder, *, name: str, reference: bool = True) -> dict[str, float | None]:
-        """Every metric of ``encoder`` (``reference``: alignment to the teacher's embeddings)."""
+    def measure(
+        self, encoder: Encoder, *, name: str, reference: bool = True, encoded_eval: Encoded | None = None
+    ) -> dict[str, float | None]:
+        """Every metric of ``encoder`` (``reference``: alignment to the teacher's embeddings;
+        ``encoded_eval``: its embeddings of ``eval.data`` when already computed)."""
         was_training = encoder.model.training
         encoder.model.eval()
         metrics: dict[str, float | None] = {}
         try:
             if self.eval is not None:
-                encoded = encode_batches(encoder.model, self.eval.batches(encoder), self.device)
+                encoded = encoded_eval or encode_batches(encoder.model, self.eval.batches(encoder), self.device)
                 metrics.update(task_metrics(self.eval, encoded, encoder, self.device, name))
                 if self.cfg.track.geometry:
                     self._check_reference(encoded)
@@ -209,4 +213,4 @@ class Tracker:
         """The teacher's own values, for reference (None without a teacher model)."""
         if self.teacher is None:
             return None
-        return self.measure(self.teacher, name=self.teacher_name, reference=False)
+        return self.measure(self.teacher, name=self.teacher_name, reference=False, encoded_eval=self._teacher_encoded)
