@@ -126,6 +126,7 @@ INSTANCES = [
             workers=2,
             caption="first",
             augment="crop",
+            cache=True,
             download=True,
             allow_outside_root=True,
         ),

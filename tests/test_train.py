@@ -314,6 +314,25 @@ def test_online_teacher_with_augmentation(tmp_path):
     assert 0 <= last_eval["geometry/alignment.image.cka"] <= 1  # alignment to the teacher's embeddings
 
 
+def test_cached_items_are_read_once_and_train_the_same(tmp_path, monkeypatch):
+    """data.cache: 6 steps of 8 over 16 items (three epochs, other captions each epoch) read each item
+    once, and train exactly as reading it every time."""
+    from lakd.data.shapes.dataset import ShapesWorld
+
+    reads: list[int] = []
+    render = ShapesWorld.__getitem__
+    monkeypatch.setattr(ShapesWorld, "__getitem__", lambda self, i: reads.append(i) or render(self, i))
+    runs = {}
+    for cache in (False, True):
+        reads.clear()
+        cfg = tiny(data={"train": "shapes:train?n=16&image_size=32", "cache": cache}, eval={"data": None, "probes": None})
+        train(cfg, out=str(tmp_path / str(cache)), echo=lambda _: None)
+        runs[cache] = (weights(tmp_path / str(cache) / "student.pt"), sorted(reads))
+    assert runs[False][1] == sorted(list(range(16)) * 3)
+    assert runs[True][1] == list(range(16))
+    assert all(torch.equal(runs[True][0][k], runs[False][0][k]) for k in runs[False][0])
+
+
 def test_single_pass_masked_distillation(teacher_store, tmp_path):
     """student.mask_ratio: [KD]'s masked distillation in one pass. In training mode every term sees
     the student's features of a masked view (patch dropout, seeded per rank and micro-batch); in eval

@@ -37,13 +37,16 @@ class DataConfig:
     ``caption``: which caption of an item a step uses: ``random`` (drawn per epoch and item, seeded)
     or ``first``. ``augment``: ``crop`` applies a seeded random resized crop (scale 0.8-1) to the
     student's images before its preprocessing (a teacher must then see the same view: online only).
-    ``workers``: DataLoader worker processes (persistent, pinned memory on CUDA)."""
+    ``workers``: DataLoader worker processes (persistent, pinned memory on CUDA). ``cache``: keep
+    every training item in memory after its first read (a rendered shapes scene, a decoded image),
+    for data that fits in RAM and is read for several epochs; each worker keeps its own."""
 
     train: str = "shapes:train?n=4096"
     batch_size: int = 64
     workers: int = 0
     caption: Literal["random", "first"] = "random"
     augment: Literal["none", "crop"] = "none"
+    cache: bool = False
     download: bool = False
     allow_outside_root: bool = False
 

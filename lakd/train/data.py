@@ -79,17 +79,27 @@ def random_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 class TrainItems(Dataset):
     """``dataset[(epoch, index)]`` -> ``(index, item or Skipped, caption index)``, the item's image
-    cropped when ``augment`` is ``crop``."""
+    cropped when ``augment`` is ``crop``. ``cache``: keep every item read from the source in memory
+    (rendered or decoded once; the crop is still drawn per epoch); each DataLoader worker keeps its own."""
 
-    def __init__(self, source, *, seed: int, caption: str, augment: str):
+    def __init__(self, source, *, seed: int, caption: str, augment: str, cache: bool = False):
         self.source, self.seed, self.caption, self.augment = source, seed, caption, augment
+        self.cache: dict[int, Item | Skipped] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def read(self, index: int) -> Item | Skipped:
+        """The source's item ``index`` (from the cache when there is one)."""
+        if self.cache is None:
+            return self.source[index]
+        if index not in self.cache:
+            self.cache[index] = self.source[index]
+        return self.cache[index]
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[int, Item | Skipped, int]:
         epoch, index = key
-        item = self.source[index]
+        item = self.read(index)
         if isinstance(item, Skipped):
             return index, item, 0
         if not item.captions:

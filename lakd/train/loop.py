@@ -377,7 +377,9 @@ def _restore(setup: Setup, path: Path, optimizer, scheduler) -> int:
 
 
 def _loader(cfg: TrainConfig, setup: Setup, sampler: StepSampler, device: torch.device) -> Iterator[TrainBatch]:
-    items = TrainItems(setup.source, seed=cfg.seed, caption=cfg.data.caption, augment=cfg.data.augment)
+    items = TrainItems(
+        setup.source, seed=cfg.seed, caption=cfg.data.caption, augment=cfg.data.augment, cache=cfg.data.cache
+    )
     loader = DataLoader(
         items,
         batch_sampler=sampler,
