@@ -326,6 +326,10 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the data, the models and every sample.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", help="Students trained at once (default: one per CPU core on CPU, 1 on CUDA)."),
+    ] = None,
 ) -> None:
     """Train a shapes-world teacher (cached), distil students with each recipe, evaluate, report."""
     from lakd.demo import RECIPES, DemoConfig, run_demo
@@ -340,6 +344,7 @@ def demo(
             "recipes": list(recipe or RECIPES),
             "seed": seed,
             "device": device,
+            "jobs": jobs,
         },
     )
     run_demo(cfg, echo=typer.echo)

@@ -9,7 +9,9 @@
    teacher), and its whitening statistics.
 4. Students of a smaller config (``lakd:micro-mobilenet``) distilled from the cached embeddings with the
    same seed and step budget for each recipe (``none``, ``fd``, ``whitened_fd``, ``clip_kd``,
-   ``geometry``; the settings of ``experiments/shapes/distill.yaml``, :data:`STUDENT`).
+   ``geometry``; the settings of ``experiments/shapes/distill.yaml``, :data:`STUDENT`), ``jobs`` at
+   a time (on CPU one per core, each in its own process with one torch thread: small models use
+   a core each better than two threads share one model).
 5. Every model evaluated on the fixed sets at the end of its run (retrieval and zero-shot on the
    shapes world's truth, the four probe conditions), and one geometry report of the teacher against
    every student, with its diagnosis of what each student did not inherit.
@@ -20,11 +22,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import multiprocessing
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,7 @@ RECIPES = ("none", "fd", "whitened_fd", "clip_kd", "geometry")
 
 # experiments/shapes/teacher.yaml (a test keeps the two equal)
 TEACHER: dict[str, Any] = {
-    "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1},
+    "data": {"train": "shapes:train?n=20000", "batch_size": 64, "caption": "random", "workers": 1, "cache": True},
     "student": {"model": "lakd:tiny-resnet"},
     "recipe": "none",
     "optim": {"lr": 1.0e-3, "weight_decay": 0.1},
@@ -52,7 +58,7 @@ TEACHER: dict[str, Any] = {
 }
 # experiments/shapes/distill.yaml without its teacher section (filled in by the demo)
 STUDENT: dict[str, Any] = {
-    "data": {"train": "shapes:train?n=4000", "batch_size": 64, "caption": "random", "workers": 1},
+    "data": {"train": "shapes:train?n=4000", "batch_size": 64, "caption": "random", "workers": 0, "cache": True},
     "student": {"model": "lakd:micro-mobilenet"},
     "recipe": "fd",
     "optim": {"lr": 5.0e-3, "weight_decay": 0.1},
@@ -77,7 +83,8 @@ QUICK_STEPS = {"teacher": 30, "student": 12}
 @dataclass
 class DemoConfig:
     """Where the demo writes (``out``, replaced on the next run), where the teacher is cached
-    (``cache_dir``, default ``~/.cache/lakd``), the recipes, ``quick`` budgets, seed and device."""
+    (``cache_dir``, default ``~/.cache/lakd``), the recipes, ``quick`` budgets, seed, device and
+    ``jobs``: students trained at once (None: the CPU cores this process may use, on CPU; 1 on CUDA)."""
 
     out: str = "lakd_demo"
     cache_dir: str | None = None
@@ -85,6 +92,20 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     device: str = "cpu"
+    jobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs is not None and self.jobs < 1:
+            raise LakdError(f"jobs: must be positive, got {self.jobs}")
+
+    def student_jobs(self) -> int:
+        """How many students train at once."""
+        if self.jobs is not None:
+            return min(self.jobs, len(self.recipes))
+        if self.device != "cpu":
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cores, len(self.recipes)))
 
 
 def _fresh_output(out: Path) -> None:
@@ -211,7 +232,6 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     """Run the demo (module docstring) and return what it wrote."""
     from lakd.report import ReportConfig, geometry_report
     from lakd.report.diagnosis import format_diagnosis
-    from lakd.train import train
 
     unknown = [r for r in cfg.recipes if r not in RECIPES]
     if unknown:
@@ -226,13 +246,11 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     prepared = prepare_teacher(cfg, out / "whitening" / "teacher.safetensors", echo)
     run, teacher = prepared.run, prepared.checkpoint
 
-    students: dict[str, Path] = {}
-    for recipe in cfg.recipes:
-        student_cfg = student_config(
-            cfg, recipe, store=prepared.store.path, teacher=teacher, whitening=prepared.whitening
-        )
-        echo(f"student {recipe}: {student_cfg.student.model}, {student_cfg.schedule.steps} steps")
-        students[recipe] = train(student_cfg, out=str(out / "runs" / recipe), echo=echo)
+    configs = {
+        recipe: student_config(cfg, recipe, store=prepared.store.path, teacher=teacher, whitening=prepared.whitening)
+        for recipe in cfg.recipes
+    }
+    students = train_students(configs, out / "runs", cfg.student_jobs(), echo)
 
     report = geometry_report(
         ReportConfig(
@@ -252,6 +270,61 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     echo(format_diagnosis(report))
     echo(f"report: {report / 'report.html'}")
     return DemoResult(run, students, report, table)
+
+
+def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Callable[[str], None] = print) -> dict[str, Path]:
+    """Each recipe's student (``configs``: recipe -> TrainConfig) into ``runs/<recipe>``: one after
+    another with the trainer's progress bar (``jobs`` 1), or ``jobs`` at a time, each in a spawned
+    process with one torch thread, under one progress bar over the students. Returns the run folders
+    in the order of ``configs``; a failed student raises its error once the running ones end."""
+    from tqdm import tqdm
+
+    from lakd.train import train
+
+    if jobs <= 1:
+        paths = {}
+        for recipe, train_cfg in configs.items():
+            echo(f"student {recipe}: {train_cfg.student.model}, {train_cfg.schedule.steps} steps")
+            paths[recipe] = train(train_cfg, out=str(runs / recipe), echo=echo)
+        return paths
+    first = next(iter(configs.values()))
+    echo(f"students: {first.student.model}, {first.schedule.steps} steps each, {jobs} at a time (one thread each)")
+    done: dict[str, Path] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(_train_quietly, _one_thread(train_cfg), str(runs / recipe)): recipe
+            for recipe, train_cfg in configs.items()
+        }
+        with tqdm(total=len(futures), desc="students", unit=" runs") as bar:
+            try:
+                for future in as_completed(futures):
+                    recipe = futures[future]
+                    done[recipe], summary = future.result()
+                    with tqdm.external_write_mode():
+                        echo(f"student {recipe}: {summary}")
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return {recipe: done[recipe] for recipe in configs}
+
+
+def _one_thread(train_cfg):
+    import dataclasses
+
+    return dataclasses.replace(train_cfg, precision=dataclasses.replace(train_cfg.precision, threads=1))
+
+
+def _train_quietly(train_cfg, out: str) -> tuple[Path, str]:
+    """One student in a worker process: the trainer's bar and messages kept out of the terminal;
+    its last message (what it trained, its final metrics) returned."""
+    from lakd.train import train
+
+    messages: list[str] = []
+    with contextlib.redirect_stderr(io.StringIO()):
+        path = train(train_cfg, out=out, echo=messages.append)
+    return path, messages[-1] if messages else f"trained into {out}"
 
 
 TABLE_COLUMNS = {

@@ -118,7 +118,7 @@ INSTANCES = [
         allow_nonfinite=True,
     ),
     WhitenApplyConfig(embeddings="emb/tiny", stats="emb/w.safetensors", out="emb/white", overwrite=True, allow_nonfinite=True),
-    DemoConfig(out="demo", cache_dir="cache", recipes=("fd", "geometry"), quick=True, seed=1, device="cuda"),
+    DemoConfig(out="demo", cache_dir="cache", recipes=("fd", "geometry"), quick=True, seed=1, device="cuda", jobs=2),
     TrainConfig(
         data=DataConfig(
             train="captions.csv?root=images",
