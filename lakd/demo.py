@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -238,6 +239,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         raise LakdError(f"recipes: unknown {', '.join(unknown)} (choose from {', '.join(RECIPES)})")
     out = Path(cfg.out)
     _fresh_output(out)
+    clock = Stopwatch()
     teacher_cfg = teacher_config(cfg)
     echo(
         f"shapes world: training {teacher_cfg.data.train}, evaluation {teacher_cfg.eval.data}, "
@@ -245,12 +247,14 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     )
     prepared = prepare_teacher(cfg, out / "whitening" / "teacher.safetensors", echo)
     run, teacher = prepared.run, prepared.checkpoint
+    clock.lap("teacher")
 
     configs = {
         recipe: student_config(cfg, recipe, store=prepared.store.path, teacher=teacher, whitening=prepared.whitening)
         for recipe in cfg.recipes
     }
     students = train_students(configs, out / "runs", cfg.student_jobs(), echo)
+    clock.lap("students")
 
     report = geometry_report(
         ReportConfig(
@@ -266,10 +270,35 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     )
     table = summary_table(run, students, report)
     table.to_csv(out / "summary.csv")
+    clock.lap("report")
     echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
     echo(format_diagnosis(report))
     echo(f"report: {report / 'report.html'}")
+    echo(f"time: {clock}")
     return DemoResult(run, students, report, table)
+
+
+class Stopwatch:
+    """Wall time per stage: ``lap(name)`` closes a stage; ``str()`` is the one-line account."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self.last = now - self.last, now
+
+    def __str__(self) -> str:
+        stages = ", ".join(f"{name} {_minutes(seconds)}" for name, seconds in self.laps.items())
+        return f"{_minutes(time.perf_counter() - self.start)} ({stages})"
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s"
 
 
 def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Callable[[str], None] = print) -> dict[str, Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def demo(tmp_path_factory):
 
     first, second = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(first):
-        assert main(args) == 0
+        assert main([*args, "--jobs", "2"]) == 0  # students in two worker processes
     with contextlib.redirect_stdout(second):  # the second run reuses the cached teacher
         assert main([*args, "--recipe", "none", "--recipe", "fd"]) == 0
     return out, cache, first.getvalue(), second.getvalue()
@@ -53,6 +54,8 @@ def test_demo_trains_evaluates_and_reports(demo):
     for entry in diagnosis["fd"]["properties"]:
         assert entry["distance"] > 1 and entry["term"] and len(entry["evidence"]) == 2
     assert "what the students did not inherit:" in second and f"report: {out / 'report' / 'report.html'}" in second
+    assert re.search(r"^time: .* \(teacher .*, students .*, report .*\)$", second, re.MULTILINE)
+    assert "2 at a time (one thread each)" in first and all(f"student {r}: trained" in first for r in RECIPES)
     page = (out / "report" / "report.html").read_text()
     assert page.index("What the students did not inherit") < page.index("<h2>Summary</h2>")  # at the top
     for entry in diagnosis["fd"]["properties"]:
