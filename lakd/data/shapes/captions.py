@@ -49,9 +49,10 @@ class Ref:
         return cls(obj.shape, obj.colour, obj.size if size else None)
 
     def matches(self, obj: Obj) -> bool:
-        return all(
-            want is None or want == have
-            for want, have in ((self.shape, obj.shape), (self.colour, obj.colour), (self.size, obj.size))
+        return (
+            (self.shape is None or self.shape == obj.shape)
+            and (self.colour is None or self.colour == obj.colour)
+            and (self.size is None or self.size == obj.size)
         )
 
     def words(self, plural: bool = False) -> str:
@@ -87,11 +88,14 @@ class Conjunction:
     def holds(self, scene: Scene, margin: float = RELATION_MARGIN) -> bool:
         present = [ref for is_present, ref in self.clauses if is_present]
         absent = [ref for is_present, ref in self.clauses if not is_present]
-        if any(ref.matches(o) for ref in absent for o in scene.objects):
+        objects = scene.objects
+        if any(ref.matches(o) for ref in absent for o in objects):
             return False
+        if len(present) > len(objects) or not all(any(ref.matches(o) for o in objects) for ref in present):
+            return False  # the common case, decided without trying assignments
         return any(
             all(ref.matches(o) for ref, o in zip(present, chosen, strict=True))
-            for chosen in permutations(scene.objects, len(present))
+            for chosen in permutations(objects, len(present))
         )
 
 
