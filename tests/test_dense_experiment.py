@@ -66,7 +66,7 @@ def synthetic_long(dense) -> pd.DataFrame:
 def test_summary_lift_and_paired_difference_against_fd(dense):
     summary = dense.summary_of(synthetic_long(dense)).set_index(["model", "metric"])
     assert set(summary.index.get_level_values("model")) == {"teacher", "fd", "dense"}
-    assert len(summary) == 3 * len(dense.METRICS)
+    assert len(summary) == 3 * (len(dense.METRICS) - len(dense.MAP_METRICS))  # no map distances given
 
     lift = summary.loc[("teacher", "binding head − pooled")]
     half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # lifts 0.1, 0.2, 0.3: sd 0.1
@@ -130,7 +130,11 @@ def test_quick_experiment_writes_the_files(dense, tmp_path, capsys):
     assert set(table[table["model"] == "init"]["model_spec"]) == {"lakd:tiny-vit"}
 
     summary = pd.read_csv(results / "dense_probes_summary.csv")
-    assert len(summary) == len(models) * len(dense.METRICS) and (summary["n"] == 2).all()
+    maps = summary["key"] == "maps/distance"
+    assert len(summary) == len(models) * len(dense.METRICS) and (summary[~maps]["n"] == 2).all()
+    assert summary[maps].set_index("model")["n"].to_dict() == {"teacher": 0, "init": 2, "fd": 2, "dense": 2}
+    assert summary[maps]["mean"].dropna().between(0, 4).all()  # a mean squared difference of cosines
+    assert summary[maps & (summary["model"] == "init")]["std"].iloc[0] == 0  # one value: the control has no seed
     row = summary[(summary["model"] == "dense") & (summary["metric"] == "spatial head")].iloc[0]
     head = table[(table["condition"] == "spatial") & (table["scorer"] == "head")].set_index(["model", "seed"])["accuracy"]
     assert row["diff_n"] == 2 and row["diff_mean"] == pytest.approx((head["dense"] - head["fd"]).mean())
@@ -147,7 +151,14 @@ def test_quick_experiment_writes_the_files(dense, tmp_path, capsys):
     assert {run["action"] for run in record["runs"].values()} == {"trained"}
     assert record["runs"]["student dense seed 1"]["steps"] == 4 and record["runs"]["teacher"]["steps"] == 6
     assert {e["action"] for e in record["evals"].values()} == {"evaluated"} and len(record["evals"]) == 8
+    assert set(record["maps"]) == {"init", "fd-seed0", "fd-seed1", "dense-seed0", "dense-seed1"}
+    assert {m["pairs"] for m in record["maps"].values()} == {24 * 4}  # every probe image with each caption
+    fd1 = summary[maps & (summary["model"] == "fd")]["mean"].iloc[0]
+    assert fd1 == pytest.approx((record["maps"]["fd-seed0"]["distance"] + record["maps"]["fd-seed1"]["distance"]) / 2)
     assert record["wall_seconds"] >= record["train_seconds"] > 0
+    assert record["made_seconds"]["runs"] == pytest.approx(record["train_seconds"]) and record["made_seconds"]["unknown"] == 0
+    teacher_ckpt = str(Path(record["settings"]["teacher"]) / "student.pt")
+    assert dense.map_distance(teacher_ckpt, teacher_ckpt, "shapes:probes?n=4", "cpu")["distance"] == pytest.approx(0, abs=1e-6)
     capsys.readouterr()
 
     assert dense.main(args) == 0  # again: every run and every evaluation is reused, the numbers are the same
@@ -156,6 +167,10 @@ def test_quick_experiment_writes_the_files(dense, tmp_path, capsys):
     rerun = json.loads((results / "dense_probes.json").read_text())
     assert {run["action"] for run in rerun["runs"].values()} == {"reused"}
     assert {e["action"] for e in rerun["evals"].values()} == {"reused"}
+    assert {m["action"] for m in rerun["maps"].values()} == {"reused"}
+    # the time each reused piece took when it was made is carried over from the previous record
+    assert rerun["runs"]["student fd seed 1"]["seconds_made"] == record["runs"]["student fd seed 1"]["seconds"]
+    assert rerun["made_seconds"] == record["made_seconds"]
     pd.testing.assert_frame_equal(pd.read_csv(results / "dense_probes.csv"), table)
 
     assert dense.main(["--table", "--results", str(results)]) == 0

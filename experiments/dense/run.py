@@ -104,7 +104,8 @@ QUICK_HEAD = {"head_steps": 3, "head_batch": 8, "head_data": "shapes:probes?n=32
 # label -> metric key of the wide table (one row per model and seed)
 ACCURACY_METRICS = {f"{c} {s}": f"{s}/{c}" for c in CONDITIONS for s in SCORERS}
 LIFT_METRICS = {f"{c} head − pooled": f"lift/{c}" for c in CONDITIONS}
-METRICS = {**ACCURACY_METRICS, **LIFT_METRICS}
+MAP_METRICS = {"map distance to the teacher": "maps/distance"}  # map_distance on the evaluated probes
+METRICS = {**ACCURACY_METRICS, **LIFT_METRICS, **MAP_METRICS}
 TRAINING_METRICS = {  # the training runs' own final evaluation (the JSON record; --table)
     "R@1 i->t": "retrieval/text_retrieval_recall@1",
     "R@1 t->i": "retrieval/image_retrieval_recall@1",
@@ -211,6 +212,55 @@ def evaluate_model(opts: DenseExperiment, spec: str, seed: int, out: Path, check
     return evaluate(cfg)["dense-probes"], "evaluated"
 
 
+def map_distance(spec: str, teacher: str, data: str, device: str, batch_size: int = 64) -> dict[str, Any]:
+    """How far model ``spec``'s token-by-patch maps are from the teacher's on ``data``: the ``dense``
+    loss (:func:`lakd.distill.dense.dense_map_loss`, the mean over pairs, real tokens and the model's
+    patches of the squared difference of cosines) over every probe image with each of its captions,
+    each model reading the images through its own preprocessing and the captions through its own
+    tokenizer (which the loss checks are the same)."""
+    import torch
+
+    from lakd.data import open_source
+    from lakd.distill.dense import DenseFeatures, dense_map_loss
+    from lakd.models.encode import collate_source
+    from lakd.models.factory import load_model
+    from lakd.models.tokens import image_tokens, text_tokens
+
+    source = open_source(data)
+    models = [load_model(name, device=device) for name in (spec, teacher)]
+    batches = [collate_source(source, preprocess, tokenizer, batch_size) for _, preprocess, tokenizer in models]
+    total, weight = 0.0, 0
+    for pair in zip(*batches, strict=True):
+        features = []
+        for (model, _, _), batch in zip(models, pair, strict=True):
+            with torch.no_grad():
+                image = image_tokens(model.eval(), batch.images.to(device))
+                text = text_tokens(model, batch.tokens.to(device))
+            rows = torch.tensor(batch.text_item, device=image.patches.device)
+            features.append(DenseFeatures(image.patches[rows], image.grid, text.tokens, text.mask, batch.tokens))
+        count = int((features[0].mask & features[1].mask).sum())
+        total += float(dense_map_loss(*features)) * count
+        weight += count
+    return {"distance": total / weight, "pairs": sum(len(b.text_item) for b in batches[0]), "tokens": weight}
+
+
+def map_distance_cached(opts: DenseExperiment, spec: str, teacher: Path, out: Path, checkpoint: Path | None) -> tuple[dict, str]:
+    """:func:`map_distance` of ``spec`` to the teacher on the evaluated probes, reused from ``out`` when
+    it is newer than both models and was made with the same models and data."""
+    wanted = {"model_spec": spec, "teacher": str(teacher), "data": opts.probes}
+    newest = max(p.stat().st_mtime for p in (teacher, checkpoint) if p is not None)
+    if out.is_file() and out.stat().st_mtime >= newest:
+        try:
+            record = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            record = {}
+        if {key: record.get(key) for key in wanted} == wanted:
+            return record, "reused"
+    record = {**wanted, **map_distance(spec, str(teacher), opts.probes, opts.device)}
+    write_json(out, record)
+    return record, "computed"
+
+
 def long_rows(model: str, role: str, seed: int, record: dict, out: Path) -> list[dict[str, Any]]:
     """One row per condition (and ``all``) and scorer of one ``dense-probes`` result."""
     metrics, details = record["metrics"], record["lakd"]
@@ -228,30 +278,35 @@ def long_rows(model: str, role: str, seed: int, record: dict, out: Path) -> list
     return rows
 
 
-def wide_table(long: pd.DataFrame) -> pd.DataFrame:
-    """One row per model and seed: ``<scorer>/<condition>`` accuracies and ``lift/<condition>``
-    (head minus pooled), in the models' order of ``long``."""
+def wide_table(long: pd.DataFrame, distances: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per model and seed: ``<scorer>/<condition>`` accuracies, ``lift/<condition>`` (head
+    minus pooled) and, given ``distances`` (``"<model>-seed<s>"`` -> :func:`map_distance`),
+    ``maps/distance``; in the models' order of ``long``."""
     frame = long.assign(key=long["scorer"] + "/" + long["condition"])
     wide = frame.pivot_table(index=["model", "seed"], columns="key", values="accuracy", sort=False).reset_index()
     for condition in CONDITIONS:
         wide[f"lift/{condition}"] = wide[f"head/{condition}"] - wide[f"pooled/{condition}"]
+    if distances is not None:
+        wide["maps/distance"] = [distances.get(f"{m}-seed{s}") for m, s in zip(wide["model"], wide["seed"], strict=True)]
     order = {m: i for i, m in enumerate(dict.fromkeys(long["model"]))}
     return wide.sort_values(["model", "seed"], key=lambda c: c.map(order) if c.name == "model" else c).reset_index(drop=True)
 
 
-def summary_of(long: pd.DataFrame) -> pd.DataFrame:
+def summary_of(long: pd.DataFrame, distances: dict[str, float] | None = None) -> pd.DataFrame:
     """Per model and metric (:data:`METRICS`): mean, std, n, t interval of the mean; paired against ``fd``."""
-    return summarize(wide_table(long), METRICS, baseline=BASELINE, unpaired=CONTROLS, mean_interval=True)
+    return summarize(wide_table(long, distances), METRICS, baseline=BASELINE, unpaired=CONTROLS, mean_interval=True)
 
 
 def tables(summary: pd.DataFrame, training: pd.DataFrame | None = None) -> str:
     """The README's tables: accuracy per condition and scorer (mean ± std; students against ``fd``),
-    the head's lift (mean and 95% t interval; students against ``fd``) and, given the training runs'
-    final evaluations, their retrieval and zero-shot."""
+    the head's lift (mean and 95% t interval; students against ``fd``), the map distance to the
+    teacher and, given the training runs' final evaluations, their retrieval and zero-shot."""
     parts = [
         markdown_table(summary, ACCURACY_METRICS, baseline=BASELINE, unpaired=CONTROLS),
         markdown_table(summary, LIFT_METRICS, baseline=BASELINE, unpaired=CONTROLS, cell="interval"),
     ]
+    if "maps/distance" in set(summary["key"]):
+        parts.append(markdown_table(summary[summary["model"] != "teacher"], MAP_METRICS, baseline=BASELINE, unpaired=CONTROLS))
     if training is not None and len(training):
         parts.append(markdown_table(summarize(training, TRAINING_METRICS, baseline=BASELINE), TRAINING_METRICS, baseline=BASELINE))
     return "\n".join(parts)
@@ -326,11 +381,26 @@ def run_experiment(opts: DenseExperiment, echo: Callable[[str], None] = print) -
                            "load_average": [round(v, 2) for v in os.getloadavg()]}
         raw[out.stem] = record
 
-    # 4. the files
+    # the map distance to the teacher of each student and of the control (once: it has no head)
+    maps, distances = {}, {}
+    for model, _, seed, spec, checkpoint in jobs:
+        if model == "teacher":
+            continue
+        name = "init" if model == "init" else f"{model}-seed{seed}"
+        if name not in maps:
+            t0 = time.time()
+            record, action = map_distance_cached(opts, spec, teacher, work / "evals" / f"{name}.maps.json", checkpoint)
+            seconds = round(time.time() - t0, 1)
+            echo(f"map distance {name}: {action} in {seconds:.0f} s; {num(record['distance'], 4)} over {record['pairs']} pairs")
+            maps[name] = {**record, "action": action, "seconds": seconds}
+        distances[f"{model}-seed{seed}"] = maps[name]["distance"]
+
+    # 4. the files; a reused entry keeps the seconds it took when it was made (the previous record)
     long = pd.DataFrame(rows, columns=list(COLUMNS))
-    summary = summary_of(long)
+    summary = summary_of(long, distances)
     out_dir = opts.results_dir
     files = {"table": out_dir / f"{STEM}.csv", "summary": out_dir / f"{STEM}_summary.csv", "record": out_dir / f"{STEM}.json"}
+    made = _carry_seconds(files["record"], {"runs": runs, "evals": evals, "maps": maps})
     write_csv(long, files["table"])
     write_csv(summary, files["summary"])
     record = {
@@ -340,6 +410,8 @@ def run_experiment(opts: DenseExperiment, echo: Callable[[str], None] = print) -
         "wall_seconds": round(time.time() - started, 1),
         "train_seconds": round(sum(r["seconds"] for r in runs.values()), 1),
         "eval_seconds": round(sum(e["seconds"] for e in evals.values()), 1),
+        "maps_seconds": round(sum(m["seconds"] for m in maps.values()), 1),
+        "made_seconds": made,
         "lakd": lakd.__version__,
         "git": git_state(["lakd", "experiments/common.py", "experiments/dense"]),
         "machine": {**machine_start, "load_average_end": [round(v, 2) for v in os.getloadavg()]},
@@ -364,6 +436,7 @@ def run_experiment(opts: DenseExperiment, echo: Callable[[str], None] = print) -
         "metrics": METRICS,
         "runs": runs,
         "evals": evals,
+        "maps": maps,
         "raw": raw,
         "summary": json.loads(summary.to_json(orient="records")),
     }
@@ -372,6 +445,31 @@ def run_experiment(opts: DenseExperiment, echo: Callable[[str], None] = print) -
     for kind, path in files.items():
         echo(f"{kind}: {path}")
     return files
+
+
+def _carry_seconds(previous_file: Path, sections: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """Give every entry ``seconds_made``: its ``seconds`` when this run made it, else what the previous
+    record (``previous_file``) says it took (None when unknown, e.g. a teacher trained outside the
+    script); returns the sums per section and the count of unknown entries."""
+    try:
+        previous = json.loads(previous_file.read_text(encoding="utf-8")) if previous_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    totals: dict[str, Any] = {"unknown": 0}
+    for section, entries in sections.items():
+        total = 0.0
+        for name, entry in entries.items():
+            if entry["action"] != "reused":
+                entry["seconds_made"] = entry["seconds"]
+            else:
+                old = previous.get(section, {}).get(name, {}) if isinstance(previous, dict) else {}
+                entry["seconds_made"] = old.get("seconds_made", old.get("seconds") if old.get("action", "reused") != "reused" else None)
+            if entry["seconds_made"] is None:
+                totals["unknown"] += 1
+            else:
+                total += entry["seconds_made"]
+        totals[section] = round(total, 1)
+    return totals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
