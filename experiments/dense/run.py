@@ -1,8 +1,8 @@
 """Dense alignment on the shapes world: does the DCSM head read more than the pooled cosine, and
 does a student distilled with ``dense`` keep more of it than one distilled with ``fd``?
 
-    python experiments/dense/run.py                          # teacher + 2 recipes x 3 seeds (about 45 min, 1 thread)
-    python experiments/dense/run.py --quick                  # tiny budgets, seconds (what the test runs)
+    python experiments/dense/run.py                          # teacher + 2 recipes x 3 seeds (about 50 min, 1 thread)
+    python experiments/dense/run.py --quick                  # tiny budgets, about 20 s (what the test runs)
     python experiments/dense/run.py --recipes none fd dense --seeds 0 1 2 \\
         --cache-dir /tmp/lakdcache --work runs/dense-exp --results experiments/results
     python experiments/dense/run.py --table                  # the README tables from the result files
@@ -25,12 +25,17 @@ does a student distilled with ``dense`` keep more of it than one distilled with 
    model that has learned nothing: the captions' form), each with head seeds = ``--seeds``; each
    student with its own seed. Result files: ``WORK/evals/<model>-seed<s>.json``, reused when newer
    than the model and made with the same options.
-4. ``RESULTS/dense_probes.csv`` (one row per model, seed, condition and scorer),
+4. The map distance of each student and of ``init`` to the teacher (:func:`map_distance`: the
+   ``dense`` loss on every evaluated probe image with each of its captions), into
+   ``WORK/evals/<model>[-seed<s>].maps.json``, reused likewise: did ``dense`` bring the maps closer?
+5. ``RESULTS/dense_probes.csv`` (one row per model, seed, condition and scorer),
    ``RESULTS/dense_probes_summary.csv`` (per model and metric: mean, std over seeds, n, the t interval
    of the mean; for a student other than ``fd``, the paired difference against ``fd`` over the seeds
    with its 95% paired-t interval; metrics: each scorer's accuracy and the head's lift, head minus
-   pooled, per condition) and ``RESULTS/dense_probes.json`` (command, date, machine, timings, the
-   training runs' final evaluations, every evaluation result). Every file is written atomically
+   pooled, per condition, and the map distance) and ``RESULTS/dense_probes.json`` (command, date,
+   machine, timings, the training runs' final evaluations, every evaluation result, the map
+   distances). A reused run or result keeps, as ``seconds_made``, the seconds it took when it was
+   made (from the previous record; ``made_seconds`` sums them). Every file is written atomically
    (:mod:`lakd.io`).
 
 ``--quick`` shrinks every budget and, unless told otherwise, writes into ``runs/dense-exp-quick``
