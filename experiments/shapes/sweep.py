@@ -39,9 +39,7 @@ import datetime
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,12 +55,21 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 import lakd  # noqa: E402
+from experiments import common  # noqa: E402
+from experiments.common import (  # noqa: E402
+    LEVEL,
+    git_state,
+    machine_info,
+    num,
+    paired_interval,  # noqa: F401  (part of this script's interface: tests/test_sweep.py)
+    train_or_reuse,
+    write_csv,
+)
 from lakd.demo import RECIPES, DemoConfig, final_eval, prepare_teacher, student_config  # noqa: E402
 from lakd.errors import LakdError  # noqa: E402
 from lakd.io import atomic_path, write_json  # noqa: E402
 
 BASELINE = "fd"
-LEVEL = 0.95
 STEM = "shapes_recipes"
 # label -> key of the final evaluation line, in the order of the tables and the plot
 TASK_METRICS: dict[str, str] = {
@@ -90,111 +97,20 @@ KEY_METRICS: dict[str, str] = {**TASK_METRICS, **GEOMETRY_METRICS}
 ID_COLUMNS = ("model", "recipe", "seed", "run", "step")
 
 
-# ---- statistics ---------------------------------------------------------------------------------
+# ---- statistics (experiments/common.py, with this sweep's metrics and baseline) ------------------
 
 
-def paired_interval(values: Sequence[float], baseline: Sequence[float], level: float = LEVEL) -> dict[str, float]:
-    """The paired difference ``values - baseline`` (same seeds, same order): its mean, its standard
-    deviation over the pairs, n, and the two-sided ``level`` interval of the mean from Student's t
-    with n - 1 degrees of freedom (NaN bounds with fewer than 2 pairs)."""
-    from scipy import stats
-
-    diff = np.asarray(values, dtype=float) - np.asarray(baseline, dtype=float)
-    diff = diff[np.isfinite(diff)]
-    n = int(diff.size)
-    if n == 0:
-        return {"diff_mean": math.nan, "diff_std": math.nan, "diff_n": 0, "diff_low": math.nan, "diff_high": math.nan}
-    mean = float(diff.mean())
-    if n < 2:
-        return {"diff_mean": mean, "diff_std": math.nan, "diff_n": n, "diff_low": math.nan, "diff_high": math.nan}
-    sd = float(diff.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return {"diff_mean": mean, "diff_std": sd, "diff_n": n, "diff_low": mean - half, "diff_high": mean + half}
-
-
-def summarize(
-    table: pd.DataFrame, metrics: dict[str, str] | None = None, *, baseline: str = BASELINE, level: float = LEVEL
-) -> pd.DataFrame:
-    """Per model (the teacher, then each recipe) and metric: mean, std over seeds (ddof 1), n, and
-    for a recipe other than ``baseline`` the paired difference against it over the seeds both have
-    (:func:`paired_interval`). ``table`` has a ``model`` and a ``seed`` column and one column per
-    metric key (the layout of ``shapes_recipes.csv``)."""
-    metrics = metrics or KEY_METRICS
-    rows = []
-    base = table[table["model"] == baseline].set_index("seed")
-    for model in dict.fromkeys(table["model"]):
-        part = table[table["model"] == model].set_index("seed")
-        for label, key in metrics.items():
-            if key not in part.columns:
-                continue
-            values = pd.to_numeric(part[key], errors="coerce").dropna()
-            row: dict[str, Any] = {
-                "model": model,
-                "metric": label,
-                "key": key,
-                "mean": float(values.mean()) if len(values) else math.nan,
-                "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                "n": int(len(values)),
-            }
-            if model not in (baseline, "teacher") and key in base.columns:
-                both = pd.concat([pd.to_numeric(part[key], errors="coerce"), pd.to_numeric(base[key], errors="coerce")], axis=1, join="inner").dropna()
-                row.update(paired_interval(both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy(), level))
-            else:
-                row.update({"diff_mean": math.nan, "diff_std": math.nan, "diff_n": 0, "diff_low": math.nan, "diff_high": math.nan})
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _num(value: float, digits: int = 3) -> str:
-    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+def summarize(table: pd.DataFrame, metrics: dict[str, str] | None = None, *, baseline: str = BASELINE, level: float = LEVEL) -> pd.DataFrame:
+    """:func:`experiments.common.summarize` over :data:`KEY_METRICS` against ``fd`` (the teacher unpaired)."""
+    return common.summarize(table, metrics or KEY_METRICS, baseline=baseline, level=level)
 
 
 def markdown_table(summary: pd.DataFrame, metrics: dict[str, str] | None = None, *, baseline: str = BASELINE) -> str:
-    """Two markdown tables, one row per metric: the values per model (mean ± std over seeds; the
-    teacher's single value), and the paired difference of each recipe against ``baseline`` with its
-    95% interval (``*``: the interval excludes 0)."""
-    metrics = metrics or KEY_METRICS
-    models = list(dict.fromkeys(summary["model"]))
-    recipes = [m for m in models if m not in ("teacher", baseline)]
-    cells = {(r.model, r.metric): r for r in summary.itertuples(index=False)}
-    n_seeds = {m: int(summary[summary["model"] == m]["n"].max()) for m in models}
-
-    def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-    values, diffs = [], []
-    for label in metrics:
-        row = [label]
-        for model in models:
-            cell = cells.get((model, label))
-            if cell is None or not math.isfinite(cell.mean):
-                row.append("")
-            elif cell.n > 1:
-                row.append(f"{cell.mean:.3f} ± {cell.std:.3f}")
-            else:
-                row.append(f"{cell.mean:.3f}")
-        values.append(row)
-        row = [label]
-        for model in recipes:
-            cell = cells.get((model, label))
-            if cell is None or not math.isfinite(cell.diff_mean):
-                row.append("")
-            else:
-                mark = " *" if cell.diff_low > 0 or cell.diff_high < 0 else ""
-                row.append(f"{cell.diff_mean:+.3f} [{_num(cell.diff_low)}, {_num(cell.diff_high)}]{mark}")
-        diffs.append(row)
-    lines = table(["metric", *(f"{m} (n={n_seeds[m]})" for m in models)], values)
-    if recipes and baseline in models:
-        lines += ["", *table(["metric", *(f"{m} − {baseline}" for m in recipes)], diffs)]
-    return "\n".join(lines) + "\n"
+    """:func:`experiments.common.markdown_table` over :data:`KEY_METRICS` against ``fd``."""
+    return common.markdown_table(summary, metrics or KEY_METRICS, baseline=baseline)
 
 
 # ---- files --------------------------------------------------------------------------------------
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)  # full precision: the numbers read back equal the runs' own
 
 
 def plot(
@@ -247,29 +163,6 @@ def plot(
     plt.close(fig)
 
 
-def machine_info() -> dict[str, Any]:
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "lakd", "experiments/shapes/sweep.py"))}
-
-
 # ---- the sweep ----------------------------------------------------------------------------------
 
 
@@ -295,39 +188,6 @@ class SweepOptions:
         if self.results:
             return Path(self.results)
         return self.work_dir / "results" if self.quick else REPO / "experiments" / "results"
-
-
-def _same_config(folder, cfg) -> bool:
-    """Whether ``folder`` holds a run made with the sections of ``cfg`` that a resume keeps."""
-    from lakd.train.loop import resume_mismatch
-
-    return folder.is_run() and folder.config_file.is_file() and resume_mismatch(folder, cfg) is None
-
-
-def _finished(run: Path, cfg) -> bool:
-    """A run folder that holds a finished run of exactly this configuration."""
-    from lakd.train.checkpoint import RunFolder
-
-    folder = RunFolder(run)
-    if not (_same_config(folder, cfg) and folder.student.is_file() and folder.metrics_file.is_file()):
-        return False
-    try:
-        return final_eval(run).get("step") == cfg.schedule.steps
-    except (LakdError, json.JSONDecodeError):
-        return False
-
-
-def _train_student(cfg, run: Path, echo: Callable[[str], None]) -> str:
-    """Train (or resume, or reuse) one student; returns what was done."""
-    from lakd.train import train
-    from lakd.train.checkpoint import RunFolder
-
-    if _finished(run, cfg):
-        return "reused"
-    folder = RunFolder(run)
-    resume = _same_config(folder, cfg) and bool(folder.steps())
-    train(cfg, out=str(run), resume=resume, overwrite=folder.is_run() and not resume, echo=echo)
-    return "resumed" if resume else "trained"
 
 
 def _row(model: str, recipe: str, seed: int | None, run: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -370,12 +230,12 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> dict[s
             run = work / f"{recipe}-seed{seed}"
             echo(f"student {recipe} seed {seed}: {cfg.student.model}, {cfg.schedule.steps} steps -> {run}")
             t0 = time.time()
-            done = _train_student(cfg, run, echo)
+            done = train_or_reuse(cfg, run, echo)
             seconds = round(time.time() - t0, 1)
             evaluation = final_eval(run)
             echo(
                 f"student {recipe} seed {seed}: {done} in {seconds:.0f} s; "
-                + ", ".join(f"{label} {_num(evaluation.get(key) or math.nan)}" for label, key in TASK_METRICS.items())
+                + ", ".join(f"{label} {num(evaluation.get(key) or math.nan)}" for label, key in TASK_METRICS.items())
             )
             rows.append(_row(recipe, recipe, seed, run, evaluation))
             runs[run.name] = {"recipe": recipe, "seed": seed, "run": str(run), "action": done, "seconds": seconds,
@@ -402,7 +262,7 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> dict[s
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": round(time.time() - started, 1),
         "lakd": lakd.__version__,
-        "git": git_state(),
+        "git": git_state(["lakd", "experiments/common.py", "experiments/shapes/sweep.py"]),
         "machine": {**machine_start, "load_average_end": [round(v, 2) for v in os.getloadavg()]},
         "settings": {
             "seeds": list(opts.seeds),
