@@ -14,6 +14,7 @@ The scripts add the repository root to ``sys.path`` and import this file as ``ex
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -229,3 +230,22 @@ def train_or_reuse(cfg, run: Path, echo: Callable[[str], None]) -> str:
     resume = same_config(folder, cfg) and bool(folder.steps())
     train(cfg, out=str(run), resume=resume, overwrite=folder.is_run() and not resume, echo=echo)
     return "resumed" if resume else "trained"
+
+
+def experiment_parser(
+    description: str, *, recipes: Sequence[str], default_recipes: Sequence[str], work: str, quick: str
+) -> argparse.ArgumentParser:
+    """The options every experiment script shares: ``--quick`` (help ``quick``), ``--seeds``,
+    ``--recipes`` (from ``recipes``), ``--cache-dir``, ``--work`` (default ``runs/<work>``),
+    ``--results``, ``--device`` and ``--table``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    parser.add_argument("--recipes", nargs="+", default=list(default_recipes), choices=list(recipes),
+                        help=f"student recipes (default {' '.join(default_recipes)})")
+    parser.add_argument("--cache-dir", help="the teacher cache (default the demo's, ~/.cache/lakd)")
+    parser.add_argument("--work", help=f"run folders (default runs/{work}, quick: runs/{work}-quick)")
+    parser.add_argument("--results", help="result files (default experiments/results, quick: WORK/results)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--table", action="store_true", help="print the markdown tables of RESULTS and exit")
+    return parser

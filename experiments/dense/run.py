@@ -47,7 +47,6 @@ is within the seed-to-seed noise. The method: Kang et al., "Is CLIP ideal? No. C
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -68,6 +67,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 import lakd  # noqa: E402
 from experiments.common import (  # noqa: E402
+    experiment_parser,
     git_state,
     machine_info,
     markdown_table,
@@ -478,17 +478,11 @@ def _carry_seconds(previous_file: Path, sections: dict[str, dict[str, dict]]) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets (seconds)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), choices=RECIPES,
-                        help="student recipes (default fd dense)")
-    parser.add_argument("--cache-dir", help="the teacher cache (default ~/.cache/lakd)")
-    parser.add_argument("--work", help="run folders (default runs/dense-exp, quick: runs/dense-exp-quick)")
-    parser.add_argument("--results", help="result files (default experiments/results, quick: WORK/results)")
-    parser.add_argument("--device", default="cpu")
+    parser = experiment_parser(
+        __doc__.splitlines()[0], recipes=RECIPES, default_recipes=DEFAULT_RECIPES, work="dense-exp",
+        quick="tiny budgets (seconds)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--table", action="store_true", help="print the markdown tables of RESULTS and exit")
     args = parser.parse_args(argv)
     try:
         opts = DenseExperiment(

@@ -34,7 +34,6 @@ difference whose interval contains 0 is within the seed-to-seed noise.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -58,6 +57,7 @@ import lakd  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.common import (  # noqa: E402
     LEVEL,
+    experiment_parser,
     git_state,
     machine_info,
     num,
@@ -301,15 +301,10 @@ def _teacher_line(run: Path) -> dict[str, Any] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the demo's quick budgets (a couple of minutes)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES, help="recipes (default all)")
-    parser.add_argument("--cache-dir", help="the teacher cache (default the demo's, ~/.cache/lakd)")
-    parser.add_argument("--work", help="run folders (default runs/shapes-sweep, quick: runs/shapes-sweep-quick)")
-    parser.add_argument("--results", help="result files (default experiments/results, quick: WORK/results)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--table", action="store_true", help="print the markdown table of RESULTS' summary and exit")
+    parser = experiment_parser(
+        __doc__.splitlines()[0], recipes=RECIPES, default_recipes=RECIPES, work="shapes-sweep",
+        quick="the demo's quick budgets (a couple of minutes)",
+    )
     args = parser.parse_args(argv)
     opts = SweepOptions(
         seeds=tuple(dict.fromkeys(args.seeds)),
