@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,18 @@ def experiment_parser(
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--table", action="store_true", help="print the markdown tables of RESULTS and exit")
     return parser
+
+
+def experiment_options(args: argparse.Namespace, script: str, argv: Sequence[str] | None) -> dict[str, Any]:
+    """The options dataclass fields of :func:`experiment_parser`'s arguments (seeds and recipes
+    de-duplicated in order; ``command``: the script and its arguments, for the record)."""
+    return {
+        "seeds": tuple(dict.fromkeys(args.seeds)),
+        "recipes": tuple(dict.fromkeys(args.recipes)),
+        "quick": args.quick,
+        "cache_dir": args.cache_dir,
+        "work": args.work,
+        "results": args.results,
+        "device": args.device,
+        "command": [script, *(sys.argv[1:] if argv is None else argv)],
+    }

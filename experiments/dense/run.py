@@ -67,6 +67,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 import lakd  # noqa: E402
 from experiments.common import (  # noqa: E402
+    experiment_options,
     experiment_parser,
     git_state,
     machine_info,
@@ -485,17 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     try:
-        opts = DenseExperiment(
-            seeds=tuple(dict.fromkeys(args.seeds)),
-            recipes=tuple(dict.fromkeys(args.recipes)),
-            quick=args.quick,
-            cache_dir=args.cache_dir,
-            work=args.work,
-            results=args.results,
-            device=args.device,
-            threads=args.threads,
-            command=["run.py", *(sys.argv[1:] if argv is None else argv)],
-        )
+        opts = DenseExperiment(**experiment_options(args, "run.py", argv), threads=args.threads)
         if args.table:
             return print_tables(opts.results_dir)
         run_experiment(opts)

@@ -57,6 +57,7 @@ import lakd  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.common import (  # noqa: E402
     LEVEL,
+    experiment_options,
     experiment_parser,
     git_state,
     machine_info,
@@ -306,16 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick="the demo's quick budgets (a couple of minutes)",
     )
     args = parser.parse_args(argv)
-    opts = SweepOptions(
-        seeds=tuple(dict.fromkeys(args.seeds)),
-        recipes=tuple(dict.fromkeys(args.recipes)),
-        quick=args.quick,
-        cache_dir=args.cache_dir,
-        work=args.work,
-        results=args.results,
-        device=args.device,
-        command=["sweep.py", *(sys.argv[1:] if argv is None else argv)],
-    )
+    opts = SweepOptions(**experiment_options(args, "sweep.py", argv))
     if args.table:
         summary = pd.read_csv(opts.results_dir / f"{STEM}_summary.csv")
         print(markdown_table(summary), end="")
