@@ -329,7 +329,10 @@ def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Call
             try:
                 for future in as_completed(futures):
                     recipe = futures[future]
-                    done[recipe], summary = future.result()
+                    try:
+                        done[recipe], summary = future.result()
+                    except Exception as err:  # a LakdError's message, or a worker that died
+                        raise LakdError(f"student {recipe}: {err or type(err).__name__}") from err
                     with tqdm.external_write_mode():
                         echo(f"student {recipe}: {summary}")
                     bar.update()

@@ -90,3 +90,13 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     assert main(["demo", "--quick", "--out", str(foreign), "--cache-dir", str(tmp_path / "c")]) == 1
     assert (foreign / "keep.txt").read_text() == "x"
     assert not Path(tmp_path / "c").exists() or not any(Path(tmp_path / "c").iterdir())
+
+
+def test_a_failing_student_is_named(tmp_path):
+    from lakd.demo import train_students
+    from lakd.errors import LakdError
+
+    cfg = DemoConfig(quick=True)
+    bad = student_config(cfg, "fd", store=tmp_path / "s", teacher=tmp_path / "t.pt", whitening=tmp_path / "w")
+    with pytest.raises(LakdError, match=r"^student fd: .*t\.pt: no such checkpoint file"):
+        train_students({"fd": bad}, tmp_path / "runs", jobs=2, echo=lambda _: None)

@@ -200,6 +200,21 @@ def test_resume_continues_bit_exactly(plain_run, tmp_path):
     assert RunFolder(out).pointer("best") == RunFolder(out).checkpoint(best)
 
 
+def test_a_run_saved_before_new_config_fields_resumes(plain_run, tmp_path):
+    """A run folder whose config.yaml predates a field (here data.cache, student.mask_ratio) resumes:
+    missing fields take their defaults."""
+    import yaml
+
+    out = tmp_path / "run"
+    train(tiny(), out=str(out), max_steps=4, echo=lambda _: None)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["data"]["cache"], saved["student"]["mask_ratio"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    train(tiny(), out=str(out), resume=True, echo=lambda _: None)
+    resumed, uninterrupted = weights(out / "student.pt"), weights(plain_run / "student.pt")
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
 def test_cuda_device_without_cuda_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -333,13 +348,14 @@ def test_cached_items_are_read_once_and_train_the_same(tmp_path, monkeypatch):
     assert all(torch.equal(runs[True][0][k], runs[False][0][k]) for k in runs[False][0])
 
 
-def test_single_pass_masked_distillation(teacher_store, tmp_path):
+def test_single_pass_masked_distillation(teacher_store, tmp_path, monkeypatch):
     """student.mask_ratio: [KD]'s masked distillation in one pass. In training mode every term sees
     the student's features of a masked view (patch dropout, seeded per rank and micro-batch); in eval
     mode the full images; a resumed run repeats the masks."""
     from lakd.distill.masking import mask_seed
     from lakd.train.data import TrainItems
     from lakd.train.loop import build
+    from lakd.train.task import DistillTask
 
     masked = tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="fd", student={"mask_ratio": 0.5})
     setup = build(masked, "cpu", RunFolder(tmp_path / "setup"), is_main=True)
@@ -359,7 +375,11 @@ def test_single_pass_masked_distillation(teacher_store, tmp_path):
     out, resumed = tmp_path / "masked", tmp_path / "resumed"
     train(masked, out=str(out), echo=lambda _: None)
     train(masked, out=str(resumed), max_steps=4, echo=lambda _: None)
+    seeds: list[int | None] = []
+    forward = DistillTask.forward
+    monkeypatch.setattr(DistillTask, "forward", lambda self, b, mask_seed=None: seeds.append(mask_seed) or forward(self, b, mask_seed))
     train(masked, out=str(resumed), resume=True, echo=lambda _: None)
+    assert seeds == [mask_seed(0, 0, step) for step in (4, 5)]  # steps 5 and 6 (0-based 4, 5), accum 1
     plain = tmp_path / "plain"
     train(tiny(teacher={"kind": "cached", "store": str(teacher_store)}, recipe="fd"), out=str(plain), echo=lambda _: None)
     a, b, c = (weights(run / "student.pt") for run in (out, resumed, plain))

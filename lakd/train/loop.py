@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lakd import distributed
 from lakd.analysis.whitening import MODALITIES, fit_whitening, load_stats_set, save_stats_set
-from lakd.config import dump_yaml, load_yaml, to_mapping
+from lakd.config import dump_yaml, load_config, load_yaml, to_mapping
 from lakd.data import SourceOptions, open_source
 from lakd.data.store import EmbeddingStore
 from lakd.distill import Recipe, StudentWithHeads
@@ -345,6 +345,10 @@ def resume_mismatch(run: RunFolder, cfg: TrainConfig) -> tuple[str, Any, Any] | 
     """The first section of :data:`RESUME_FIXED` in which ``cfg`` differs from the run's saved
     configuration, as ``(key, saved, now)``; None when the run can be resumed with ``cfg``."""
     saved = load_yaml(run.config_file)
+    try:  # fields added since the run was made take their defaults
+        saved = to_mapping(load_config(TrainConfig, mapping=saved))
+    except LakdError:
+        pass  # compared as written: an unreadable section differs
     now = to_mapping(cfg)
     for key in RESUME_FIXED:
         if saved.get(key) != now.get(key):
@@ -371,6 +375,8 @@ def _restore(setup: Setup, path: Path, optimizer, scheduler) -> int:
     training = meta["training_state"]
     setup.task.recipe.load_state_dict(training["recipe"])
     optimizer.load_state_dict(training["optimizer"])
+    for group in optimizer.param_groups:  # the saved groups carry the kernel choice of their run
+        group["fused"] = optimizer.defaults["fused"]
     scheduler.load_state_dict(training["scheduler"])
     set_rng_state(training["rng"])
     return int(training["step"])
@@ -502,7 +508,7 @@ class _Steps:
             micro = batch.rows(rows)
             sync = k == len(parts) - 1 or not hasattr(self.model, "no_sync")
             with (contextlib.nullcontext() if sync else self.model.no_sync()), autocast(cfg, self.device):
-                output = self.model(micro, **self._mask_seed(step, k, len(parts)))
+                output = self.model(micro, **self._mask_seed(step, k))
             if not _all_finite(output.total):
                 self._non_finite(output, batch, step)
                 return None
@@ -522,12 +528,12 @@ class _Steps:
         totals["logit_scale"] = task.student.student.logit_scale.detach().exp()
         return totals
 
-    def _mask_seed(self, step: int, micro: int, n_micro: int) -> dict[str, int]:
+    def _mask_seed(self, step: int, micro: int) -> dict[str, int]:
         """The masks of micro-batch ``micro`` of ``step`` on this rank (``student.mask_ratio``): a
         seed from the run's seed, the rank and the micro-batch's index, so a resumed run repeats them."""
         if self.cfg.student.mask_ratio is None:
             return {}
-        return {"mask_seed": mask_seed(self.cfg.seed, self.context.rank, step * n_micro + micro)}
+        return {"mask_seed": mask_seed(self.cfg.seed, self.context.rank, step * self.cfg.optim.accum + micro)}
 
     def _non_finite(self, output, batch: TrainBatch, step: int) -> None:
         terms = {key: float(value) for key, value in output.scalars().items()}
