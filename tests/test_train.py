@@ -215,6 +215,19 @@ def test_a_run_saved_before_new_config_fields_resumes(plain_run, tmp_path):
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
+def test_a_resumed_optimizer_keeps_its_kernel():
+    from lakd.train.loop import load_optimizer_state
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    plain = torch.optim.AdamW([weight], lr=0.1)
+    weight.sum().backward()
+    plain.step()
+    fused = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    load_optimizer_state(fused, plain.state_dict())
+    assert fused.param_groups[0]["fused"] is True and fused.state[weight]["exp_avg"].shape == (3,)
+    fused.step()  # the fused kernel runs on the loaded state
+
+
 def test_cuda_device_without_cuda_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -366,6 +366,15 @@ def _check_resumable(run: RunFolder, cfg: TrainConfig) -> None:
         )
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's kernel choice (``fused``):
+    the saved groups carry that of the run that saved them (another device, an older lakd)."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        if "fused" in optimizer.defaults:
+            group["fused"] = optimizer.defaults["fused"]
+
+
 def _restore(setup: Setup, path: Path, optimizer, scheduler) -> int:
     state_dict, meta = read_training_checkpoint(path)
     student = setup.task.student
@@ -374,9 +383,7 @@ def _restore(setup: Setup, path: Path, optimizer, scheduler) -> int:
         student.heads.load_state_dict(meta["heads_state_dict"])
     training = meta["training_state"]
     setup.task.recipe.load_state_dict(training["recipe"])
-    optimizer.load_state_dict(training["optimizer"])
-    for group in optimizer.param_groups:  # the saved groups carry the kernel choice of their run
-        group["fused"] = optimizer.defaults["fused"]
+    load_optimizer_state(optimizer, training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
     set_rng_state(training["rng"])
     return int(training["step"])
