@@ -6,6 +6,9 @@
 - :func:`markdown_table`: the README tables from a summary.
 - Files: :func:`write_csv` (atomic, full precision, :mod:`lakd.io`), :func:`machine_info` and
   :func:`git_state` for the JSON record of a run.
+- :class:`ExperimentOptions`: what a script runs and where (seeds, recipes, quick budgets, folders),
+  the base of each script's options; :func:`experiment_parser` and :func:`experiment_options` read
+  them from the command line.
 - Training runs: :func:`train_or_reuse` trains a configuration into a run folder, resumes an unfinished
   run of the same configuration, or reuses a finished one.
 
@@ -22,8 +25,9 @@ import platform
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -265,3 +269,33 @@ def experiment_options(args: argparse.Namespace, script: str, argv: Sequence[str
         "device": args.device,
         "command": [script, *(sys.argv[1:] if argv is None else argv)],
     }
+
+
+@dataclass
+class ExperimentOptions:
+    """What an experiment runs and where: ``seeds``, ``recipes``, ``quick`` budgets, the teacher
+    ``cache_dir``, run folders under ``work`` (default ``runs/<WORK>``, with ``--quick``
+    ``runs/<WORK>-quick``), result files under ``results`` (default ``experiments/results``, with
+    ``--quick`` ``WORK/results``, so a quick run never replaces committed results), the ``device`` and
+    the ``command`` (for the record). Each script subclasses it and names its ``WORK``."""
+
+    WORK: ClassVar[str] = "experiment"
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    recipes: tuple[str, ...] = ()
+    quick: bool = False
+    cache_dir: str | None = None
+    work: str | None = None
+    results: str | None = None
+    device: str = "cpu"
+    command: list[str] = field(default_factory=lambda: [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.work or (f"runs/{self.WORK}-quick" if self.quick else f"runs/{self.WORK}"))
+
+    @property
+    def results_dir(self) -> Path:
+        if self.results:
+            return Path(self.results)
+        return self.work_dir / "results" if self.quick else REPO / "experiments" / "results"

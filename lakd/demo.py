@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -343,8 +344,7 @@ def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Call
 
 
 def _one_thread(train_cfg):
-    import dataclasses
-
+    """``train_cfg`` with one torch thread (a worker process shares the cores with the others)."""
     return dataclasses.replace(train_cfg, precision=dataclasses.replace(train_cfg.precision, threads=1))
 
 

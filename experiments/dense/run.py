@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -67,6 +67,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 import lakd  # noqa: E402
 from experiments.common import (  # noqa: E402
+    ExperimentOptions,
     experiment_options,
     experiment_parser,
     git_state,
@@ -120,16 +121,13 @@ TRAINING_METRICS = {  # the training runs' own final evaluation (the JSON record
 
 
 @dataclass
-class DenseExperiment:
-    """What to run and where (module docstring)."""
+class DenseExperiment(ExperimentOptions):
+    """What to run and where (module docstring; the shared fields: :class:`ExperimentOptions`),
+    and ``threads``: torch's CPU threads."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
+    WORK: ClassVar[str] = "dense-exp"
+
     recipes: tuple[str, ...] = DEFAULT_RECIPES
-    quick: bool = False
-    cache_dir: str | None = None
-    work: str | None = None
-    results: str | None = None
-    device: str = "cpu"
     threads: int = 1
     command: list[str] = field(default_factory=lambda: ["run.py", *sys.argv[1:]])
 
@@ -145,16 +143,6 @@ class DenseExperiment:
             raise LakdError(f"seeds: must be >= 0, got {list(self.seeds)}")
         if self.threads < 1:
             raise LakdError(f"threads: must be positive, got {self.threads}")
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(self.work or ("runs/dense-exp-quick" if self.quick else "runs/dense-exp"))
-
-    @property
-    def results_dir(self) -> Path:
-        if self.results:
-            return Path(self.results)
-        return self.work_dir / "results" if self.quick else REPO / "experiments" / "results"
 
     @property
     def probes(self) -> str:

@@ -42,9 +42,9 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,7 @@ import lakd  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.common import (  # noqa: E402
     LEVEL,
+    ExperimentOptions,
     experiment_options,
     experiment_parser,
     git_state,
@@ -168,27 +169,12 @@ def plot(
 
 
 @dataclass
-class SweepOptions:
-    """What to run and where (module docstring)."""
+class SweepOptions(ExperimentOptions):
+    """What to run and where (module docstring; the fields: :class:`ExperimentOptions`)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
+    WORK: ClassVar[str] = "shapes-sweep"
+
     recipes: tuple[str, ...] = RECIPES
-    quick: bool = False
-    cache_dir: str | None = None
-    work: str | None = None
-    results: str | None = None
-    device: str = "cpu"
-    command: list[str] = field(default_factory=lambda: [Path(sys.argv[0]).name, *sys.argv[1:]])
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(self.work or ("runs/shapes-sweep-quick" if self.quick else "runs/shapes-sweep"))
-
-    @property
-    def results_dir(self) -> Path:
-        if self.results:
-            return Path(self.results)
-        return self.work_dir / "results" if self.quick else REPO / "experiments" / "results"
 
 
 def _row(model: str, recipe: str, seed: int | None, run: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
