@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lakd import distributed
 from lakd.analysis.whitening import MODALITIES, fit_whitening, load_stats_set, save_stats_set
-from lakd.config import dump_yaml, load_config, load_yaml, to_mapping
+from lakd.config import dump_yaml, load_yaml, to_mapping
 from lakd.data import SourceOptions, open_source
 from lakd.data.store import EmbeddingStore
 from lakd.distill import Recipe, StudentWithHeads
@@ -50,7 +50,7 @@ from lakd.train.checkpoint import (
     set_best,
     set_rng_state,
 )
-from lakd.train.config import TrainConfig
+from lakd.train.config import TrainConfig, load_train_config
 from lakd.train.data import CachedTeacher, StepSampler, TrainBatch, TrainCollate, TrainItems
 from lakd.train.task import DistillTask
 from lakd.train.track import Encoder, Tracker
@@ -346,7 +346,7 @@ def resume_mismatch(run: RunFolder, cfg: TrainConfig) -> tuple[str, Any, Any] | 
     configuration, as ``(key, saved, now)``; None when the run can be resumed with ``cfg``."""
     saved = load_yaml(run.config_file)
     try:  # fields added since the run was made take their defaults
-        saved = to_mapping(load_config(TrainConfig, mapping=saved))
+        saved = to_mapping(load_train_config(mapping=saved))
     except LakdError:
         pass  # compared as written: an unreadable section differs
     now = to_mapping(cfg)
