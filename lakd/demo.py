@@ -139,7 +139,8 @@ def teacher_config(cfg: DemoConfig):
 
 def student_config(cfg: DemoConfig, recipe: str, *, store: Path, teacher: Path, whitening: Path):
     """A student's :class:`~lakd.train.TrainConfig`: the cached teacher ``store``, the teacher
-    checkpoint (its reference geometry) and whitening statistics, ``recipe``."""
+    checkpoint (its reference geometry, measured once and kept in ``reference/`` beside it) and
+    whitening statistics, ``recipe``."""
     from lakd.train import load_train_config
 
     teacher_section = {
@@ -148,7 +149,8 @@ def student_config(cfg: DemoConfig, recipe: str, *, store: Path, teacher: Path, 
         "model": str(teacher),
         "whitening": str(whitening),
     }
-    mapping = {**STUDENT, "teacher": teacher_section, "recipe": recipe}
+    track = {**STUDENT["track"], "reference_cache": str(teacher.parent / "reference")}
+    mapping = {**STUDENT, "teacher": teacher_section, "recipe": recipe, "track": track}
     return load_train_config(mapping=mapping, overrides=_overrides(cfg, "student"))
 
 

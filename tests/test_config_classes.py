@@ -147,7 +147,7 @@ INSTANCES = [
         eval=TrainEvalConfig(
             data="shapes:val?n=64", probes=None, extra={"cifar10": "tv:CIFAR10?root=data"}, every=10, batch_size=32
         ),
-        track=TrackConfig(geometry=False, groups=("shell", "gap"), sample_size=100),
+        track=TrackConfig(geometry=False, groups=("shell", "gap"), sample_size=100, reference_cache="refs"),
         checkpoint=CheckpointConfig(every=10, keep_last=1, best_metric=None, best_mode="min"),
         out="runs/a",
         seed=3,

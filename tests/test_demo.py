@@ -46,6 +46,12 @@ def test_demo_trains_evaluates_and_reports(demo):
     assert (teacher_run / "student.pt").is_file()
     assert f"teacher: training {TEACHER['student']['model']}" in first
     assert f"teacher: reusing the cached teacher {teacher_run}" in second and "teacher: training" not in second
+    assert len(list((teacher_run / "reference").rglob("reference.safetensors"))) == 1  # measured once, kept
+    teacher_lines = [
+        [json.loads(line) for line in (out / "runs" / r / "metrics.jsonl").read_text().splitlines() if '"teacher"' in line]
+        for r in ("none", "fd")
+    ]
+    assert len(teacher_lines[0]) == 1 and teacher_lines[0] == teacher_lines[1]
     report = json.loads((out / "report" / "metrics.json").read_text())
     assert [m["name"] for m in report["models"]] == ["teacher", "none", "fd"]  # the second run's
     assert [m["recipe"] for m in report["models"]] == ["none", "none", "fd"]

@@ -342,6 +342,44 @@ def test_online_teacher_with_augmentation(tmp_path):
     assert 0 <= last_eval["geometry/alignment.image.cka"] <= 1  # alignment to the teacher's embeddings
 
 
+def test_teacher_reference_is_kept_between_runs(teacher_store, tmp_path, monkeypatch):
+    """track.reference_cache: the first run measures the teacher and keeps it; a second run reads it
+    (the teacher is not measured again) and logs the same teacher line and evaluations as a run
+    without the cache; another evaluation setting, or a damaged file, is measured again."""
+    from lakd.train.track import Tracker
+
+    measured: list[str] = []
+    measure = Tracker.measure
+    monkeypatch.setattr(Tracker, "measure", lambda self, enc, *, name, **kw: measured.append(name) or measure(self, enc, name=name, **kw))
+    cache = tmp_path / "refs"
+
+    def run(name: str, **track) -> list[dict]:
+        measured.clear()
+        cfg = tiny(
+            teacher={"kind": "cached", "store": str(teacher_store), "model": "lakd:tiny-resnet"},
+            recipe="fd",
+            schedule={"steps": 3, "warmup": 1},
+            checkpoint={"every": 3},
+            track={"sample_size": 24, **track},
+        )
+        train(cfg, out=str(tmp_path / name), echo=lambda _: None)
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in lines(tmp_path / name) if r["kind"] in ("teacher", "eval")]
+
+    plain = run("plain")
+    assert measured == ["lakd:tiny-resnet", "step 3"] and not cache.exists()
+    first = run("first", reference_cache=str(cache))
+    (kept,) = cache.rglob("reference.safetensors")
+    assert measured == ["lakd:tiny-resnet", "step 3"] and first == plain
+    second = run("second", reference_cache=str(cache))
+    assert measured == ["step 3"] and second == plain  # read back: the same reference, no teacher pass
+    other = run("other", reference_cache=str(cache), sample_size=20)
+    assert measured == ["lakd:tiny-resnet", "step 3"] and len(list(cache.rglob("reference.safetensors"))) == 2
+    assert other[0] != plain[0]
+    kept.write_bytes(b"not a safetensors file")
+    assert run("damaged", reference_cache=str(cache)) == plain and measured == ["lakd:tiny-resnet", "step 3"]
+    assert run("again", reference_cache=str(cache)) == plain and measured == ["step 3"]
+
+
 def test_cached_items_are_read_once_and_train_the_same(tmp_path, monkeypatch):
     """data.cache: 6 steps of 8 over 16 items (three epochs, other captions each epoch) read each item
     once, and train exactly as reading it every time."""

@@ -184,11 +184,15 @@ class EvalConfig:
 class TrackConfig:
     """Geometry of the student on ``eval.data`` at every evaluation (:func:`lakd.analysis.analyze`:
     ``groups`` of metrics, ``sample_size`` rows for the sampled ones), with CKA / k-NN overlap to the
-    teacher's embeddings of the same items when there is a teacher."""
+    teacher's embeddings of the same items when there is a teacher. ``reference_cache``: a folder that
+    keeps the teacher's reference measurement (its embeddings of ``eval.data`` and its metrics) for
+    later runs with the same teacher files and evaluation settings (:mod:`lakd.train.reference`);
+    None: every run measures the teacher."""
 
     geometry: bool = True
     groups: tuple[str, ...] = GEOMETRY_GROUPS
     sample_size: int = 2000
+    reference_cache: str | None = None
 
     def __post_init__(self) -> None:
         _positive("track", sample_size=self.sample_size)

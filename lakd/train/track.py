@@ -30,6 +30,13 @@ from lakd.eval.truth import Truth, source_truth
 from lakd.eval.zeroshot import embed_class_prompts
 from lakd.models.encode import Encoded, collate_source, encode_batches
 from lakd.train.config import TrainConfig
+from lakd.train.reference import (
+    TeacherReference,
+    read_reference,
+    reference_file,
+    reference_identity,
+    write_reference,
+)
 
 PROBES_FOR_SHAPES = "shapes:probes?n=200"
 # preprocessed images of a fixed set are kept in memory up to this size, else re-read at each evaluation
@@ -152,12 +159,29 @@ class Tracker:
         self.teacher, self.teacher_name = teacher, teacher_name
         self.reference: dict[str, torch.Tensor] | None = None
         self._teacher_encoded: Encoded | None = None
+        self._teacher_metrics: dict[str, float | None] | None = None
+        self._kept: tuple[Path, dict[str, Any]] | None = None
+        if teacher is not None and cfg.track.reference_cache and cfg.teacher.model:
+            identity = reference_identity(cfg, device, probes)
+            path = reference_file(cfg.track.reference_cache, identity)
+            kept = read_reference(path, identity)
+            if kept is not None:
+                self._use_kept(kept, path)
+                return
+            self._kept = (path, identity)
         if self.eval is not None and teacher is not None:
             encoded = encode_batches(teacher.model, self.eval.batches(teacher), device)
             self.reference = {"image": encoded.image, "text": paired_text(encoded)}
             self._teacher_encoded = encoded
         elif self.eval is not None and teacher_store is not None:
             self.reference = self._load_reference(teacher_store)
+
+    def _use_kept(self, kept: TeacherReference, path: Path) -> None:
+        """The teacher's reference read from the cache: no teacher forward in this run."""
+        if self.eval is not None and kept.image is not None:
+            self.reference = {"image": kept.image.to(self.device), "text": kept.text.to(self.device)}
+            self.reference_ids, self.reference_path = kept.ids, str(path)
+        self._teacher_metrics = kept.metrics
 
     @property
     def empty(self) -> bool:
@@ -213,4 +237,21 @@ class Tracker:
         """The teacher's own values, for reference (None without a teacher model)."""
         if self.teacher is None:
             return None
-        return self.measure(self.teacher, name=self.teacher_name, reference=False, encoded_eval=self._teacher_encoded)
+        if self._teacher_metrics is None:
+            self._teacher_metrics = self.measure(
+                self.teacher, name=self.teacher_name, reference=False, encoded_eval=self._teacher_encoded
+            )
+            if self._kept is not None:
+                path, identity = self._kept
+                encoded = self._teacher_encoded
+                write_reference(
+                    path,
+                    identity,
+                    TeacherReference(
+                        None if self.reference is None else self.reference["image"],
+                        None if self.reference is None else self.reference["text"],
+                        None if encoded is None else encoded.ids,
+                        self._teacher_metrics,
+                    ),
+                )
+        return self._teacher_metrics
