@@ -666,6 +666,10 @@ def geometry_report_command(
         bool,
         typer.Option("--allow-nonfinite", help="Drop NaN/Inf rows of the stores (with a count) instead of failing."),
     ] = False,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option("--cache-dir", help="Cache the models' embeddings here, across reports (default: OUT/embeddings)."),
+    ] = None,
     data_flags: DataFlags | None = None,
 ) -> None:
     """Geometry report of one or more models, or of a training run's checkpoints (--run): report.html,
@@ -693,6 +697,7 @@ def geometry_report_command(
             "run": run,
             "checkpoints": checkpoints,
             "source_options": data_flags.source_options,
+            "cache_dir": cache_dir,
         },
     )
     typer.echo(report_summary(geometry_report(cfg)))

@@ -256,7 +256,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         recipe: student_config(cfg, recipe, store=prepared.store.path, teacher=teacher, whitening=prepared.whitening)
         for recipe in cfg.recipes
     }
-    students = train_students(configs, out / "runs", cfg.student_jobs(), echo)
+    embeddings = ReportEmbeddings(teacher_cfg.eval.data, str(out / "embeddings"), cfg.device)
+    students = train_students(configs, out / "runs", cfg.student_jobs(), echo, embeddings=embeddings, teacher=str(teacher))
     clock.lap("students")
 
     report = geometry_report(
@@ -269,6 +270,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
             seed=cfg.seed,
             sample_size=teacher_cfg.track.sample_size,
             device=cfg.device,
+            cache_dir=embeddings.cache_dir,
         )
     )
     table = summary_table(run, students, report)
@@ -304,11 +306,37 @@ def _minutes(seconds: float) -> str:
     return f"{whole // 60} min {whole % 60:02d} s"
 
 
-def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Callable[[str], None] = print) -> dict[str, Path]:
+@dataclass(frozen=True)
+class ReportEmbeddings:
+    """What the report embeds the models on (``data``) and where it caches them (``cache_dir``,
+    :func:`lakd.models.embed.cached_embed`), so that worker processes can embed ahead of it."""
+
+    data: str
+    cache_dir: str
+    device: str = "cpu"
+
+    def embed(self, model: str) -> None:
+        from lakd.models.embed import cached_embed
+
+        cached_embed(model, self.data, self.cache_dir, device=self.device)
+
+
+def train_students(
+    configs: Mapping[str, Any],
+    runs: Path,
+    jobs: int,
+    echo: Callable[[str], None] = print,
+    *,
+    embeddings: ReportEmbeddings | None = None,
+    teacher: str | None = None,
+) -> dict[str, Path]:
     """Each recipe's student (``configs``: recipe -> TrainConfig) into ``runs/<recipe>``: one after
     another with the trainer's progress bar (``jobs`` 1), or ``jobs`` at a time, each in a spawned
-    process with one torch thread, under one progress bar over the students. Returns the run folders
-    in the order of ``configs``; a failed student raises its error once the running ones end."""
+    process with one torch thread, under one progress bar over the students. With ``jobs`` > 1 and
+    ``embeddings``, each worker also embeds its student for the report, and the ``teacher`` model
+    is embedded by the first worker left without a student (the last students then run beside it).
+    Returns the run folders in the order of ``configs``; a failed student raises its error once the
+    running ones end."""
     from tqdm import tqdm
 
     from lakd.train import train
@@ -325,9 +353,10 @@ def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Call
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
-            pool.submit(_train_quietly, _one_thread(train_cfg), str(runs / recipe)): recipe
+            pool.submit(_train_quietly, _one_thread(train_cfg), str(runs / recipe), embeddings): recipe
             for recipe, train_cfg in configs.items()
         }
+        extra = [pool.submit(_embed_quietly, embeddings, teacher)] if embeddings and teacher else []
         with tqdm(total=len(futures), desc="students", unit=" runs") as bar:
             try:
                 for future in as_completed(futures):
@@ -339,6 +368,11 @@ def train_students(configs: Mapping[str, Any], runs: Path, jobs: int, echo: Call
                     with tqdm.external_write_mode():
                         echo(f"student {recipe}: {summary}")
                     bar.update()
+                for future in extra:
+                    try:
+                        future.result()
+                    except Exception as err:
+                        raise LakdError(f"teacher {teacher}: {err or type(err).__name__}") from err
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -350,15 +384,27 @@ def _one_thread(train_cfg):
     return dataclasses.replace(train_cfg, precision=dataclasses.replace(train_cfg.precision, threads=1))
 
 
-def _train_quietly(train_cfg, out: str) -> tuple[Path, str]:
-    """One student in a worker process: the trainer's bar and messages kept out of the terminal;
-    its last message (what it trained, its final metrics) returned."""
+def _train_quietly(train_cfg, out: str, embeddings: ReportEmbeddings | None = None) -> tuple[Path, str]:
+    """One student in a worker process (then embedded for the report when ``embeddings``): the
+    trainer's bar and messages kept out of the terminal; its last message (what it trained, its
+    final metrics) returned."""
     from lakd.train import train
 
     messages: list[str] = []
     with contextlib.redirect_stderr(io.StringIO()):
         path = train(train_cfg, out=out, echo=messages.append)
+        if embeddings is not None:
+            embeddings.embed(str(Path(path) / "student.pt"))
     return path, messages[-1] if messages else f"trained into {out}"
+
+
+def _embed_quietly(embeddings: ReportEmbeddings, model: str) -> None:
+    """``model`` embedded for the report in a worker process, one torch thread, no progress bar."""
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.redirect_stderr(io.StringIO()):
+        embeddings.embed(model)
 
 
 TABLE_COLUMNS = {

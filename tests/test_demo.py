@@ -27,8 +27,15 @@ def demo(tmp_path_factory):
     first, second = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(first):
         assert main([*args, "--jobs", "2"]) == 0  # students in two worker processes
-    with contextlib.redirect_stdout(second):  # the second run reuses the cached teacher
-        assert main([*args, "--recipe", "none", "--recipe", "fd"]) == 0
+    import lakd.models.embed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the demo's own process embedded a model")
+
+    # the second run reuses the cached teacher, and its workers embed every model for the report
+    with contextlib.redirect_stdout(second), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lakd.models.embed, "embed", refuse)
+        assert main([*args, "--recipe", "none", "--recipe", "fd", "--jobs", "2"]) == 0
     return out, cache, first.getvalue(), second.getvalue()
 
 
@@ -55,6 +62,8 @@ def test_demo_trains_evaluates_and_reports(demo):
     report = json.loads((out / "report" / "metrics.json").read_text())
     assert [m["name"] for m in report["models"]] == ["teacher", "none", "fd"]  # the second run's
     assert [m["recipe"] for m in report["models"]] == ["none", "none", "fd"]
+    for model in report["models"]:  # embedded by the worker processes (see the fixture), read by the report
+        assert Path(model["embeddings"]).parent == (out / "embeddings").resolve()
     diagnosis = report["diagnosis"]
     assert set(diagnosis) == {"none", "fd"} and diagnosis["fd"]["baseline"] == "none"
     for entry in diagnosis["fd"]["properties"]:

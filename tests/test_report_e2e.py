@@ -62,3 +62,27 @@ def test_teacher_vs_student_from_checkpoints_then_one_model_from_the_cache(
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["name"] for m in metrics["models"]] == ["tiny-vit"]
     assert len(list((out / "figures").glob("*.png"))) == 7  # no alignment figure for one model
+
+
+def test_a_shared_cache_dir_serves_later_reports(checkpoints, tmp_path, capsys, monkeypatch):
+    """--cache-dir: the embeddings live there (recorded by their path) and a report into another
+    folder reads them instead of embedding again; a cache inside --out is refused."""
+    cache = tmp_path / "cache"
+    teacher, student = str(checkpoints["tiny-vit"]), str(checkpoints["tiny-resnet"])
+    args = ["geometry", "report", "--teacher", teacher, "--student", student, "--data", DATA, "--tsne-items", "12"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--cache-dir", str(cache)]) == 0
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    for model in first["models"]:
+        assert model["embeddings"].startswith(str(cache.resolve()))
+    assert not (tmp_path / "a" / "embeddings").exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("embedded again instead of using the shared cache")
+
+    monkeypatch.setattr(lakd.models.embed, "embed", refuse)
+    assert main([*args, "--out", str(tmp_path / "b"), "--cache-dir", str(cache)]) == 0
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert second["results"] == first["results"]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "c"), "--cache-dir", str(tmp_path / "c" / "cache")]) == 1
+    assert "--cache-dir" in (err := capsys.readouterr().err) and "is inside --out" in err and not (tmp_path / "c").exists()

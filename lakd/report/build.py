@@ -62,7 +62,9 @@ class ReportConfig:
     images in the similarity matrices. ``text_view``: ``paired`` (each item's first caption) or
     ``all`` (every caption). ``allow_nonfinite``: drop NaN/Inf rows of the stores (with a count; the
     stores must still hold the same items) instead of failing. ``analysis``: full analysis settings
-    (default: from sample_size, seed).
+    (default: from sample_size, seed). ``cache_dir``: where the models' embeddings are cached (keyed
+    by model files and data, :func:`lakd.models.embed.cached_embed`; shared by reports and ``lakd
+    eval --cache-dir``); None: the report's own ``embeddings/`` folder.
 
     ``run``: a ``lakd train`` run folder instead of ``models`` / ``students`` / ``embeddings``: its
     teacher (``teacher`` when given, else the run's ``teacher.model``, else its ``teacher.eval_store``;
@@ -93,6 +95,7 @@ class ReportConfig:
     allow_nonfinite: bool = False
     source_options: SourceOptions = field(default_factory=SourceOptions)
     analysis: AnalysisConfig | None = None
+    cache_dir: str | None = None
 
     def validate(self) -> ReportConfig:
         for name, least in (
@@ -143,11 +146,14 @@ def geometry_report(cfg: ReportConfig) -> Path:
         inputs, data, run = entries.inputs, entries.data, entries.description
     else:
         inputs = make_inputs(cfg.teacher, cfg.models, cfg.embeddings, cfg.students, cfg.names)
+    shared = Path(cfg.cache_dir).resolve() if cfg.cache_dir else None
+    if shared is not None and shared.is_relative_to(out):
+        raise LakdError(f"`cache_dir` {shared}: is inside `out` {out}, which the report replaces; keep the cache elsewhere")
     check_output(out, cfg.overwrite, input_paths(inputs, data, cfg.source_options))
     data, stores = resolve_inputs(inputs, data, cfg.source_options, allow_nonfinite=cfg.allow_nonfinite)
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        cache = tmp / CACHE_DIR
-        if data is not None:
+        cache = shared or tmp / CACHE_DIR
+        if data is not None and shared is None:
             reuse_cache(inputs, data, cfg.source_options, out / CACHE_DIR, cache)
         opened = open_stores(
             inputs,
