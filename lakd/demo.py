@@ -35,12 +35,15 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 import lakd
 from lakd.errors import LakdError
+
+if TYPE_CHECKING:
+    from lakd.report import ReportConfig
 
 MARKER = ".lakd_demo"
 RECIPES = ("none", "fd", "whitened_fd", "clip_kd", "geometry")
@@ -256,23 +259,22 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         recipe: student_config(cfg, recipe, store=prepared.store.path, teacher=teacher, whitening=prepared.whitening)
         for recipe in cfg.recipes
     }
-    embeddings = ReportEmbeddings(teacher_cfg.eval.data, str(out / "embeddings"), cfg.device)
-    students = train_students(configs, out / "runs", cfg.student_jobs(), echo, embeddings=embeddings, teacher=str(teacher))
+    runs = out / "runs"
+    report_cfg = ReportConfig(
+        out=str(out / "report"),
+        teacher=str(teacher),
+        students=tuple(str(runs / recipe / "student.pt") for recipe in configs),
+        names=("teacher", *configs),
+        data=teacher_cfg.eval.data,
+        seed=cfg.seed,
+        sample_size=teacher_cfg.track.sample_size,
+        device=cfg.device,
+        cache_dir=str(out / "embeddings"),
+    )
+    students = train_students(configs, runs, cfg.student_jobs(), echo, report=report_cfg)
     clock.lap("students")
 
-    report = geometry_report(
-        ReportConfig(
-            out=str(out / "report"),
-            teacher=str(teacher),
-            students=tuple(str(path / "student.pt") for path in students.values()),
-            names=("teacher", *students),
-            data=teacher_cfg.eval.data,
-            seed=cfg.seed,
-            sample_size=teacher_cfg.track.sample_size,
-            device=cfg.device,
-            cache_dir=embeddings.cache_dir,
-        )
-    )
+    report = geometry_report(report_cfg)
     table = summary_table(run, students, report)
     table.to_csv(out / "summary.csv")
     clock.lap("report")
@@ -306,35 +308,20 @@ def _minutes(seconds: float) -> str:
     return f"{whole // 60} min {whole % 60:02d} s"
 
 
-@dataclass(frozen=True)
-class ReportEmbeddings:
-    """What the report embeds the models on (``data``) and where it caches them (``cache_dir``,
-    :func:`lakd.models.embed.cached_embed`), so that worker processes can embed ahead of it."""
-
-    data: str
-    cache_dir: str
-    device: str = "cpu"
-
-    def embed(self, model: str) -> None:
-        from lakd.models.embed import cached_embed
-
-        cached_embed(model, self.data, self.cache_dir, device=self.device)
-
-
 def train_students(
     configs: Mapping[str, Any],
     runs: Path,
     jobs: int,
     echo: Callable[[str], None] = print,
     *,
-    embeddings: ReportEmbeddings | None = None,
-    teacher: str | None = None,
+    report: ReportConfig | None = None,
 ) -> dict[str, Path]:
     """Each recipe's student (``configs``: recipe -> TrainConfig) into ``runs/<recipe>``: one after
     another with the trainer's progress bar (``jobs`` 1), or ``jobs`` at a time, each in a spawned
     process with one torch thread, under one progress bar over the students. With ``jobs`` > 1 and
-    ``embeddings``, each worker also embeds its student for the report, and the ``teacher`` model
-    is embedded by the first worker left without a student (the last students then run beside it).
+    ``report`` (a :class:`~lakd.report.ReportConfig` with a ``cache_dir``), each worker then embeds
+    its student when ``report`` holds it (``runs/<recipe>/student.pt``), and the first worker left
+    without a student embeds ``report.teacher`` beside the last ones, so the report only reads them.
     Returns the run folders in the order of ``configs``; a failed student raises its error once the
     running ones end."""
     from tqdm import tqdm
@@ -351,12 +338,13 @@ def train_students(
     echo(f"students: {first.student.model}, {first.schedule.steps} steps each, {jobs} at a time (one thread each)")
     done: dict[str, Path] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_die_with_parent) as pool:
         futures = {
-            pool.submit(_train_quietly, _one_thread(train_cfg), str(runs / recipe), embeddings): recipe
+            pool.submit(_train_quietly, _one_thread(train_cfg), str(runs / recipe), report): recipe
             for recipe, train_cfg in configs.items()
         }
-        extra = [pool.submit(_embed_quietly, embeddings, teacher)] if embeddings and teacher else []
+        teacher = report.teacher if report is not None else None
+        extra = [pool.submit(_embed_quietly, report, teacher)] if teacher else []
         with tqdm(total=len(futures), desc="students", unit=" runs") as bar:
             try:
                 for future in as_completed(futures):
@@ -379,32 +367,48 @@ def train_students(
     return {recipe: done[recipe] for recipe in configs}
 
 
+def _die_with_parent() -> None:
+    """In a worker process: ask Linux to end it when the demo's process ends (killed, not only
+    interrupted), so no orphaned student keeps training; elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
 def _one_thread(train_cfg):
     """``train_cfg`` with one torch thread (a worker process shares the cores with the others)."""
     return dataclasses.replace(train_cfg, precision=dataclasses.replace(train_cfg.precision, threads=1))
 
 
-def _train_quietly(train_cfg, out: str, embeddings: ReportEmbeddings | None = None) -> tuple[Path, str]:
-    """One student in a worker process (then embedded for the report when ``embeddings``): the
+def _train_quietly(train_cfg, out: str, report: ReportConfig | None = None) -> tuple[Path, str]:
+    """One student in a worker process (then embedded ahead of ``report`` when it holds it): the
     trainer's bar and messages kept out of the terminal; its last message (what it trained, its
     final metrics) returned."""
+    from lakd.report.build import embed_ahead
     from lakd.train import train
 
     messages: list[str] = []
     with contextlib.redirect_stderr(io.StringIO()):
         path = train(train_cfg, out=out, echo=messages.append)
-        if embeddings is not None:
-            embeddings.embed(str(Path(path) / "student.pt"))
+        checkpoint = str(Path(out) / "student.pt")
+        if report is not None and checkpoint in report.students:
+            embed_ahead(report, checkpoint)
     return path, messages[-1] if messages else f"trained into {out}"
 
 
-def _embed_quietly(embeddings: ReportEmbeddings, model: str) -> None:
-    """``model`` embedded for the report in a worker process, one torch thread, no progress bar."""
+def _embed_quietly(report: ReportConfig, model: str) -> None:
+    """``model`` embedded ahead of ``report`` in a worker process, one torch thread, no progress bar."""
     import torch
+
+    from lakd.report.build import embed_ahead
 
     torch.set_num_threads(1)
     with contextlib.redirect_stderr(io.StringIO()):
-        embeddings.embed(model)
+        embed_ahead(report, model)
 
 
 TABLE_COLUMNS = {

@@ -105,7 +105,7 @@ INSTANCES = [
         source_options=SourceOptions(download=True),
         analysis=AnalysisConfig(groups=("gap",), sample_size=10),
     ),
-    ReportConfig(out="reports/run", run="runs/s", checkpoints="100,300"),
+    ReportConfig(out="reports/run", run="runs/s", checkpoints="100,300", cache_dir="emb/cache"),
     WhitenFitConfig(
         embeddings="emb/tiny",
         out="emb/w.safetensors",

@@ -6,6 +6,9 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,19 @@ def test_a_failing_student_is_named(tmp_path):
     bad = student_config(cfg, "fd", store=tmp_path / "s", teacher=tmp_path / "t.pt", whitening=tmp_path / "w")
     with pytest.raises(LakdError, match=r"^student fd: .*t\.pt: no such checkpoint file"):
         train_students({"fd": bad}, tmp_path / "runs", jobs=2, echo=lambda _: None)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_ends_when_the_demo_is_killed():
+    """A student worker asks to end with the demo's process: killing the demo leaves no orphan training."""
+    worker = "from lakd.demo import _die_with_parent; import os, time; _die_with_parent(); print(os.getpid(), flush=True); time.sleep(60)"
+    demo = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", demo], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())  # the worker is ready
+    parent.kill()
+    parent.wait()
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + 10
+    while status.exists() and "\nState:\tZ" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not status.exists() or "\nState:\tZ" in status.read_text()

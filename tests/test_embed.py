@@ -279,3 +279,45 @@ def test_two_gloo_ranks_write_one_store(tmp_path, tiny_world_scheme):
     )
     for view in ("image", "text"):
         torch.testing.assert_close(store.load(view), single.load(view), rtol=1e-4, atol=1e-5)
+
+
+def test_processes_sharing_a_cache_take_turns(tmp_path, monkeypatch):
+    """Two callers of cached_embed on one model and data at once (threads here; the lock is a file
+    lock, so processes alike): one embeds, the other waits for its store and reuses it."""
+    import threading
+    import time
+
+    from lakd.models.embed import cached_embed
+
+    calls: list[str] = []
+    real = lakd.models.embed.embed
+
+    def slow_embed(cfg):
+        calls.append(cfg.out)
+        time.sleep(0.5)  # the second caller arrives while the first is embedding
+        return real(cfg)
+
+    monkeypatch.setattr(lakd.models.embed, "embed", slow_embed)
+    stores, errors = [], []
+
+    def run():
+        try:
+            stores.append(cached_embed("lakd:tiny-resnet", "shapes:val?n=8&image_size=32", tmp_path / "cache", batch_size=4))
+        except Exception as err:  # pragma: no cover - reported by the assert below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(calls) == 1 and len(stores) == 2
+    assert stores[0].ids() == stores[1].ids() and torch.equal(stores[0].load("image"), stores[1].load("image"))
+
+
+def test_a_failed_cached_embed_leaves_no_trace(tmp_path):
+    from lakd.models.embed import cached_embed
+
+    with pytest.raises(LakdError):
+        cached_embed("lakd:tiny-resnet", "shapes:val?n=0", tmp_path / "cache" / "deeper")
+    assert not (tmp_path / "cache").exists()  # no key, no lock file, no folder it made

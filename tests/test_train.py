@@ -380,6 +380,60 @@ def test_teacher_reference_is_kept_between_runs(teacher_store, tmp_path, monkeyp
     assert run("again", reference_cache=str(cache)) == plain and measured == ["step 3"]
 
 
+def test_a_changed_teacher_replaces_its_kept_reference_and_an_unwritable_cache_only_costs_time(
+    teacher_store, tmp_path
+):
+    """The kept reference of a teacher checkpoint is measured again once the checkpoint's file
+    changes (the same file replaced, not a second one); a cache folder that cannot be written is
+    reported in one line and the run completes."""
+    import os
+
+    from lakd.models import save_checkpoint
+
+    checkpoint = save_checkpoint(load_model("lakd:tiny-resnet")[0], tmp_path / "teacher.pt")
+    cache, messages = tmp_path / "refs", []
+
+    def run(name: str, reference_cache: Path) -> list[dict]:
+        cfg = tiny(
+            teacher={"kind": "cached", "store": str(teacher_store), "model": str(checkpoint)},
+            recipe="fd",
+            schedule={"steps": 2, "warmup": 1},
+            eval={"every": 2, "probes": None},
+            checkpoint={"every": 2},
+            track={"reference_cache": str(reference_cache)},
+        )
+        train(cfg, out=str(tmp_path / name), echo=messages.append)
+        return [r for r in lines(tmp_path / name) if r["kind"] == "teacher"]
+
+    run("a", cache)
+    (kept,) = cache.rglob("reference.safetensors")
+    before = kept.stat().st_mtime_ns
+    stamp = checkpoint.stat().st_mtime_ns + 10**9
+    os.utime(checkpoint, ns=(stamp, stamp))  # a retrained (here: touched) teacher
+    run("b", cache)
+    assert list(cache.rglob("reference.safetensors")) == [kept] and kept.stat().st_mtime_ns != before
+    (tmp_path / "blocked").write_text("a file where the cache folder would be")
+    assert len(run("c", tmp_path / "blocked" / "refs")) == 1 and (tmp_path / "c" / "student.pt").is_file()
+    assert any(m.startswith("track.reference_cache: cannot keep the teacher's reference at ") for m in messages)
+
+
+def test_a_kept_reference_reads_back_and_a_damaged_one_is_refused(tmp_path):
+    from lakd.train.reference import TeacherReference, read_reference, write_reference
+
+    path, identity = tmp_path / "reference.safetensors", {"model": "x", "data": "y"}
+    image, text = torch.randn(3, 4), torch.randn(3, 4)
+    write_reference(path, identity, TeacherReference(image, text, ["a", "b", "c"], {"m": 1.0, "n": float("nan")}))
+    kept = read_reference(path, identity)
+    assert torch.equal(kept.image, image) and torch.equal(kept.text, text) and kept.ids == ["a", "b", "c"]
+    assert kept.metrics == {"m": 1.0, "n": None}  # NaN kept as null, as metrics.jsonl writes it
+    assert read_reference(path, {"model": "x", "data": "z"}) is None  # another identity
+    for ids, values in ((5, image), (["a"], image), (["a", "b", "c"], torch.full((3, 4), float("nan")))):
+        write_reference(path, identity, TeacherReference(values, text, ids, {}))
+        assert read_reference(path, identity) is None
+    write_reference(path, identity, TeacherReference(None, None, None, {"probes/acc": 0.5}))  # probes only
+    assert read_reference(path, identity).metrics == {"probes/acc": 0.5}
+
+
 def test_cached_items_are_read_once_and_train_the_same(tmp_path, monkeypatch):
     """data.cache: 6 steps of 8 over 16 items (three epochs, other captions each epoch) read each item
     once, and train exactly as reading it every time."""

@@ -11,10 +11,12 @@ times, so a retrained checkpoint is embedded again) is up to the caller
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,33 +53,52 @@ def cached_store(
 ) -> EmbeddingStore:
     """The store in ``folder`` made from ``identity``: reused when complete, else ``build(overwrite)``
     (``overwrite`` True when the folder holds a store of another identity, which is replaced). A reused
-    store is opened with ``allow_nonfinite``."""
-    identity = json.loads(json.dumps(identity))  # plain JSON values, as read back
-    same = read_identity(folder) == identity
-    if same:
-        try:
-            return EmbeddingStore(folder, allow_nonfinite=allow_nonfinite)
-        except LakdError:
-            pass  # interrupted: build() resumes from the finished shards
-    overwrite = folder.exists() and not same
-    if overwrite:
-        (folder / CLASSES_NAME).unlink(missing_ok=True)
+    store is opened with ``allow_nonfinite``. Processes sharing the cache take turns on a folder
+    (a lock file beside it): the second waits for the first's store and reuses it."""
     created = [p for p in (folder, *folder.parents) if not p.exists()]
-    write_json(folder / KEY_FILE, identity)
+    lock_path = folder.parent / f".{folder.name}.lock"
+    with _turn(lock_path):
+        identity = json.loads(json.dumps(identity))  # plain JSON values, as read back
+        same = read_identity(folder) == identity
+        if same:
+            try:
+                return EmbeddingStore(folder, allow_nonfinite=allow_nonfinite)
+            except LakdError:
+                pass  # interrupted: build() resumes from the finished shards
+        overwrite = folder.exists() and not same
+        if overwrite:
+            (folder / CLASSES_NAME).unlink(missing_ok=True)
+        write_json(folder / KEY_FILE, identity)
+        try:
+            return build(overwrite)
+        except BaseException:
+            _forget(folder, created, lock_path)
+            raise
+
+
+@contextlib.contextmanager
+def _turn(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (made with its folder); a cache that cannot be
+    written (read-only, shared) is read without one."""
     try:
-        return build(overwrite)
-    except BaseException:
-        _forget(folder, created)
-        raise
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")  # noqa: SIM115 (held for the block below)
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
-def _forget(folder: Path, created: list[Path]) -> None:
+def _forget(folder: Path, created: list[Path], lock_path: Path) -> None:
     """After a build that failed before writing any of the store (a model that does not load, data
-    that does not open), remove the key it was given and the folders made for it, so a failed run
-    leaves nothing behind; a store that was begun keeps its key, so the next run resumes it."""
+    that does not open), remove the key it was given, its lock file and the folders made for it, so
+    a failed run leaves nothing behind; a store that was begun keeps its key, so the next run resumes it."""
     if (folder / META_NAME).exists() or any(folder.glob(SHARD_GLOB)):
         return
     (folder / KEY_FILE).unlink(missing_ok=True)
+    lock_path.unlink(missing_ok=True)
     for path in created:  # innermost first; each only when it is empty
         try:
             path.rmdir()

@@ -238,8 +238,7 @@ def cached_embed(
     same model files (size and modification time), resumed when interrupted, rebuilt otherwise;
     opened with ``allow_nonfinite`` (NaN/Inf rows dropped with a count instead of refused)."""
     key = embedding_cache_key(model, data, arch, source_options)
-    files = ModelSpec.parse(model).files()
-    identity = {**key, "model_files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    identity = {**key, "model_files": ModelSpec.parse(model).fingerprint()}
 
     def build(overwrite: bool) -> EmbeddingStore:
         return embed(

@@ -112,6 +112,11 @@ class ModelSpec:
             return [p for p in (path, path.with_name(path.name + ".json")) if p.is_file()]
         return []
 
+    def fingerprint(self) -> dict[str, list[int]]:
+        """Each of :meth:`files` with its size and modification time (ns): what a cache made from
+        the model records, so that a retrained or replaced checkpoint is not taken for the old one."""
+        return {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in self.files()}
+
     def check(self) -> None:
         """Cheap check before anything loads: a checkpoint file or local-dir folder must exist, a
         ``lakd:`` config must be shipped. LakdError naming the spec otherwise."""

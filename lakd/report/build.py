@@ -169,6 +169,24 @@ def geometry_report(cfg: ReportConfig) -> Path:
     return out
 
 
+def embed_ahead(cfg: ReportConfig, model: str) -> None:
+    """Embed ``model`` on ``cfg.data`` into ``cfg.cache_dir`` as :func:`geometry_report` with
+    ``cfg`` will look it up, ahead of the report (e.g. in a worker process while others train)."""
+    from lakd.models.embed import cached_embed  # imports open_clip: only when a model runs
+
+    if not (cfg.cache_dir and cfg.data):
+        raise LakdError("`cache_dir` and `data`: embedding ahead of a report needs both")
+    cached_embed(
+        model,
+        cfg.data,
+        cfg.cache_dir,
+        source_options=cfg.source_options,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        allow_nonfinite=cfg.allow_nonfinite,
+    )
+
+
 def write_report(report: ReportData, folder: Path) -> None:
     """``figures/*.png``, ``metrics.json``, ``metrics.csv`` and ``report.html`` of ``report`` into ``folder``."""
     meta = report.meta

@@ -603,7 +603,7 @@ class _Steps:
         cfg, setup = self.cfg, self.setup
         tracker = Tracker(
             cfg, self.context.device, teacher=setup.teacher, teacher_store=cfg.teacher.eval_store,
-            teacher_name=cfg.teacher.model or cfg.teacher.store or "teacher",
+            teacher_name=cfg.teacher.model or cfg.teacher.store or "teacher", echo=self.echo,
         )
         if tracker.empty:
             return None

@@ -11,6 +11,7 @@ Keys are ``<task>/<metric>`` (e.g. ``retrieval/text_retrieval_recall@1``, ``zero
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from lakd.train.reference import (
     read_reference,
     reference_file,
     reference_identity,
+    reference_key,
     write_reference,
 )
 
@@ -134,7 +136,9 @@ def task_metrics(fixed: FixedSet, encoded: Encoded, encoder: Encoder, device: st
 class Tracker:
     """Evaluates a student on the fixed sets of ``cfg.eval`` and measures its geometry (module
     docstring); ``teacher`` (an :class:`Encoder`) or ``teacher_store`` (its embeddings of
-    ``cfg.eval.data``) give the reference."""
+    ``cfg.eval.data``) give the reference; with ``cfg.track.reference_cache`` the teacher's is read
+    from there, or measured and kept there (:mod:`lakd.train.reference`; ``echo`` says when it
+    cannot be kept)."""
 
     def __init__(
         self,
@@ -144,6 +148,7 @@ class Tracker:
         teacher: Encoder | None = None,
         teacher_store: str | None = None,
         teacher_name: str = "teacher",
+        echo: Callable[[str], None] = print,
     ):
         self.cfg, self.device = cfg, device
         options = SourceOptions(download=cfg.data.download, allow_outside_root=cfg.data.allow_outside_root)
@@ -160,28 +165,24 @@ class Tracker:
         self.reference: dict[str, torch.Tensor] | None = None
         self._teacher_encoded: Encoded | None = None
         self._teacher_metrics: dict[str, float | None] | None = None
-        self._kept: tuple[Path, dict[str, Any]] | None = None
+        self._keep: tuple[Path, dict[str, Any]] | None = None  # where to keep the teacher's reference
+        self.echo = echo
+        kept = None
         if teacher is not None and cfg.track.reference_cache and cfg.teacher.model:
-            identity = reference_identity(cfg, device, probes)
-            path = reference_file(cfg.track.reference_cache, identity)
-            kept = read_reference(path, identity)
-            if kept is not None:
-                self._use_kept(kept, path)
-                return
-            self._kept = (path, identity)
-        if self.eval is not None and teacher is not None:
+            key = reference_key(cfg, device, probes)
+            self._keep = (reference_file(cfg.track.reference_cache, key), reference_identity(key))
+            kept = read_reference(*self._keep)
+        if kept is not None:  # no teacher forward in this run
+            if self.eval is not None and kept.image is not None:
+                self.reference = {"image": kept.image, "text": kept.text}
+                self.reference_ids, self.reference_path = kept.ids, str(self._keep[0])
+            self._teacher_metrics, self._keep = kept.metrics, None
+        elif self.eval is not None and teacher is not None:
             encoded = encode_batches(teacher.model, self.eval.batches(teacher), device)
             self.reference = {"image": encoded.image, "text": paired_text(encoded)}
             self._teacher_encoded = encoded
         elif self.eval is not None and teacher_store is not None:
             self.reference = self._load_reference(teacher_store)
-
-    def _use_kept(self, kept: TeacherReference, path: Path) -> None:
-        """The teacher's reference read from the cache: no teacher forward in this run."""
-        if self.eval is not None and kept.image is not None:
-            self.reference = {"image": kept.image.to(self.device), "text": kept.text.to(self.device)}
-            self.reference_ids, self.reference_path = kept.ids, str(path)
-        self._teacher_metrics = kept.metrics
 
     @property
     def empty(self) -> bool:
@@ -241,17 +242,21 @@ class Tracker:
             self._teacher_metrics = self.measure(
                 self.teacher, name=self.teacher_name, reference=False, encoded_eval=self._teacher_encoded
             )
-            if self._kept is not None:
-                path, identity = self._kept
-                encoded = self._teacher_encoded
-                write_reference(
-                    path,
-                    identity,
-                    TeacherReference(
-                        None if self.reference is None else self.reference["image"],
-                        None if self.reference is None else self.reference["text"],
-                        None if encoded is None else encoded.ids,
-                        self._teacher_metrics,
-                    ),
-                )
+            if self._keep is not None:
+                self._keep_reference(*self._keep)
         return self._teacher_metrics
+
+    def _keep_reference(self, path: Path, identity: dict[str, Any]) -> None:
+        """Write the teacher's reference into the cache; a cache that cannot be written costs the
+        next run a measurement, not this run: one line says so."""
+        encoded = self._teacher_encoded
+        reference = TeacherReference(
+            None if self.reference is None else self.reference["image"].cpu(),
+            None if self.reference is None else self.reference["text"].cpu(),
+            None if encoded is None else encoded.ids,
+            self._teacher_metrics or {},
+        )
+        try:
+            write_reference(path, identity, reference)
+        except OSError as err:
+            self.echo(f"track.reference_cache: cannot keep the teacher's reference at {path} ({err.strerror or err})")
