@@ -318,10 +318,12 @@ def train_students(
 ) -> dict[str, Path]:
     """Each recipe's student (``configs``: recipe -> TrainConfig) into ``runs/<recipe>``: one after
     another with the trainer's progress bar (``jobs`` 1), or ``jobs`` at a time, each in a spawned
-    process with one torch thread, under one progress bar over the students. With ``jobs`` > 1 and
+    process with one torch thread, under one progress bar over the students; the students left over
+    when the others are done (fewer than ``jobs``, e.g. the fifth of five on two cores) then share
+    the cores, ``jobs // left`` threads each, instead of leaving cores idle. With ``jobs`` > 1 and
     ``report`` (a :class:`~lakd.report.ReportConfig` with a ``cache_dir``), each worker then embeds
-    its student when ``report`` holds it (``runs/<recipe>/student.pt``), and the first worker left
-    without a student embeds ``report.teacher`` beside the last ones, so the report only reads them.
+    its student when ``report`` holds it (``runs/<recipe>/student.pt``), and ``report.teacher`` is
+    embedded by the first worker free after the one-thread students, so the report only reads them.
     Returns the run folders in the order of ``configs``; a failed student raises its error once the
     running ones end."""
     from tqdm import tqdm
@@ -334,33 +336,48 @@ def train_students(
             echo(f"student {recipe}: {train_cfg.student.model}, {train_cfg.schedule.steps} steps")
             paths[recipe] = train(train_cfg, out=str(runs / recipe), echo=echo)
         return paths
-    first = next(iter(configs.values()))
-    echo(f"students: {first.student.model}, {first.schedule.steps} steps each, {jobs} at a time (one thread each)")
+    recipes = list(configs)
+    tail = recipes[len(recipes) - len(recipes) % jobs :] if jobs // max(len(recipes) % jobs, 1) >= 2 else []
+    threads = {recipe: jobs // len(tail) if recipe in tail else 1 for recipe in recipes}
+    model, steps = configs[recipes[0]].student.model, configs[recipes[0]].schedule.steps
+    echo(
+        f"students: {model}, {steps} steps each, {jobs} at a time (one thread each)"
+        + (f"; then {', '.join(tail)} with {threads[tail[0]]} threads each" if tail else "")
+    )
     done: dict[str, Path] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_die_with_parent) as pool:
-        futures = {
-            pool.submit(_train_quietly, _one_thread(train_cfg), str(runs / recipe), report): recipe
-            for recipe, train_cfg in configs.items()
-        }
+
+        def submit(recipe: str):
+            train_cfg = configs[recipe]
+            precision = dataclasses.replace(train_cfg.precision, threads=threads[recipe])
+            return pool.submit(
+                _train_quietly, dataclasses.replace(train_cfg, precision=precision), str(runs / recipe), report
+            )
+
+        def collect(wave: dict) -> None:
+            for future in as_completed(wave):
+                recipe = wave[future]
+                try:
+                    done[recipe], summary = future.result()
+                except Exception as err:  # a LakdError's message, or a worker that died
+                    raise LakdError(f"student {recipe}: {err or type(err).__name__}") from err
+                with tqdm.external_write_mode():
+                    echo(f"student {recipe}: {summary}")
+                bar.update()
+
         teacher = report.teacher if report is not None else None
-        extra = [pool.submit(_embed_quietly, report, teacher)] if teacher else []
-        with tqdm(total=len(futures), desc="students", unit=" runs") as bar:
+        with tqdm(total=len(recipes), desc="students", unit=" runs") as bar:
             try:
-                for future in as_completed(futures):
-                    recipe = futures[future]
+                first = {submit(recipe): recipe for recipe in recipes if recipe not in tail}
+                embedding = pool.submit(_embed_quietly, report, teacher) if teacher else None
+                collect(first)
+                if embedding is not None:  # done before the tail takes every core
                     try:
-                        done[recipe], summary = future.result()
-                    except Exception as err:  # a LakdError's message, or a worker that died
-                        raise LakdError(f"student {recipe}: {err or type(err).__name__}") from err
-                    with tqdm.external_write_mode():
-                        echo(f"student {recipe}: {summary}")
-                    bar.update()
-                for future in extra:
-                    try:
-                        future.result()
+                        embedding.result()
                     except Exception as err:
                         raise LakdError(f"teacher {teacher}: {err or type(err).__name__}") from err
+                collect({submit(recipe): recipe for recipe in tail})
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -377,11 +394,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (AttributeError, OSError):
         pass
-
-
-def _one_thread(train_cfg):
-    """``train_cfg`` with one torch thread (a worker process shares the cores with the others)."""
-    return dataclasses.replace(train_cfg, precision=dataclasses.replace(train_cfg.precision, threads=1))
 
 
 def _train_quietly(train_cfg, out: str, report: ReportConfig | None = None) -> tuple[Path, str]:
