@@ -11,7 +11,9 @@
    same seed and step budget for each recipe (``none``, ``fd``, ``whitened_fd``, ``clip_kd``,
    ``geometry``; the settings of ``experiments/shapes/distill.yaml``, :data:`STUDENT`), ``jobs`` at
    a time (on CPU one per core, each in its own process with one torch thread: small models use
-   a core each better than two threads share one model).
+   a core each better than two threads share one model; a student left over at the end, such as
+   the fifth of five on two cores, gets the cores to itself), each embedded for the report by its
+   worker.
 5. Every model evaluated on the fixed sets at the end of its run (retrieval and zero-shot on the
    shapes world's truth, the four probe conditions), and one geometry report of the teacher against
    every student, with its diagnosis of what each student did not inherit.
@@ -33,6 +35,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -319,8 +322,8 @@ def train_students(
     """Each recipe's student (``configs``: recipe -> TrainConfig) into ``runs/<recipe>``: one after
     another with the trainer's progress bar (``jobs`` 1), or ``jobs`` at a time, each in a spawned
     process with one torch thread, under one progress bar over the students; the students left over
-    when the others are done (fewer than ``jobs``, e.g. the fifth of five on two cores) then share
-    the cores, ``jobs // left`` threads each, instead of leaving cores idle. With ``jobs`` > 1 and
+    when the others are done, when they are at most ``jobs // 2`` (e.g. the fifth of five on two
+    cores), then share the cores, ``jobs // left`` threads each, instead of leaving cores idle. With ``jobs`` > 1 and
     ``report`` (a :class:`~lakd.report.ReportConfig` with a ``cache_dir``), each worker then embeds
     its student when ``report`` holds it (``runs/<recipe>/student.pt``), and ``report.teacher`` is
     embedded by the first worker free after the one-thread students, so the report only reads them.
@@ -337,12 +340,13 @@ def train_students(
             paths[recipe] = train(train_cfg, out=str(runs / recipe), echo=echo)
         return paths
     recipes = list(configs)
+    jobs = min(jobs, len(recipes))
     tail = recipes[len(recipes) - len(recipes) % jobs :] if jobs // max(len(recipes) % jobs, 1) >= 2 else []
     threads = {recipe: jobs // len(tail) if recipe in tail else 1 for recipe in recipes}
     model, steps = configs[recipes[0]].student.model, configs[recipes[0]].schedule.steps
     echo(
         f"students: {model}, {steps} steps each, {jobs} at a time (one thread each)"
-        + (f"; then {', '.join(tail)} with {threads[tail[0]]} threads each" if tail else "")
+        + (f"; then {', '.join(tail)} with {threads[tail[0]]} threads" + (" each" if len(tail) > 1 else "") if tail else "")
     )
     done: dict[str, Path] = {}
     context = multiprocessing.get_context("spawn")
@@ -377,7 +381,11 @@ def train_students(
                         embedding.result()
                     except Exception as err:
                         raise LakdError(f"teacher {teacher}: {err or type(err).__name__}") from err
-                collect({submit(recipe): recipe for recipe in tail})
+                try:
+                    tail_wave = {submit(recipe): recipe for recipe in tail}
+                except BrokenProcessPool as err:  # a worker died between the waves
+                    raise LakdError(f"student {tail[0]}: the worker processes ended ({err})") from err
+                collect(tail_wave)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

@@ -74,7 +74,7 @@ def test_demo_trains_evaluates_and_reports(demo):
     assert "what the students did not inherit:" in second and f"report: {out / 'report' / 'report.html'}" in second
     assert re.search(r"^time: .* \(teacher .*, students .*, report .*\)$", second, re.MULTILINE)
     assert "2 at a time (one thread each)" in first and all(f"student {r}: trained" in first for r in RECIPES)
-    assert "; then geometry with 2 threads each" in first  # the fifth of five does not leave a core idle
+    assert "; then geometry with 2 threads" in first  # the fifth of five does not leave a core idle
     assert "then" not in re.search(r"^students: .*$", second, re.MULTILINE)[0]  # two of two: no tail
     threads = {r: load_train_config(out / "runs" / r / "config.yaml").precision.threads for r in ("none", "fd")}
     assert threads == {"none": 1, "fd": 1}
