@@ -3,10 +3,8 @@ mode end to end (files, rows, numbers read back from the evaluations, reuse on a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,12 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "dense" / "run.py
 
 
 @pytest.fixture(scope="module")
-def dense():
-    spec = importlib.util.spec_from_file_location("dense_experiment", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def dense(load_script):
+    return load_script(SCRIPT, "dense_experiment")
 
 
 def test_the_student_config_shares_the_teachers_tokenizer_and_patch_grid():

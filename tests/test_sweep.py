@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,12 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "shapes" / "sweep
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("shapes_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def sweep(load_script):
+    return load_script(SCRIPT, "shapes_sweep")
 
 
 def synthetic_table() -> pd.DataFrame:
