@@ -344,10 +344,10 @@ def train_students(
     tail = recipes[len(recipes) - len(recipes) % jobs :] if jobs // max(len(recipes) % jobs, 1) >= 2 else []
     threads = {recipe: jobs // len(tail) if recipe in tail else 1 for recipe in recipes}
     model, steps = configs[recipes[0]].student.model, configs[recipes[0]].schedule.steps
-    echo(
-        f"students: {model}, {steps} steps each, {jobs} at a time (one thread each)"
-        + (f"; then {', '.join(tail)} with {threads[tail[0]]} threads" + (" each" if len(tail) > 1 else "") if tail else "")
-    )
+    plan = f"students: {model}, {steps} steps each, {jobs} at a time (one thread each)"
+    if tail:
+        plan += f"; then {', '.join(tail)} with {threads[tail[0]]} threads" + (" each" if len(tail) > 1 else "")
+    echo(plan)
     done: dict[str, Path] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_die_with_parent) as pool:

@@ -250,9 +250,9 @@ class Tracker:
         """Write the teacher's reference into the cache; a cache that cannot be written costs the
         next run a measurement, not this run: one line says so."""
         encoded = self._teacher_encoded
-        reference = TeacherReference(
-            None if self.reference is None else self.reference["image"].cpu(),
-            None if self.reference is None else self.reference["text"].cpu(),
+        reference = TeacherReference(  # write_reference moves the tensors to the CPU
+            None if self.reference is None else self.reference["image"],
+            None if self.reference is None else self.reference["text"],
             None if encoded is None else encoded.ids,
             self._teacher_metrics or {},
         )
